@@ -1,0 +1,228 @@
+"""The broker contract and the records it exchanges with workers and users.
+
+Every broker (in memory, SQL) keeps the same semantics, checked by one
+shared contract test suite:
+
+- a step is handed to one worker at a time, under a lease that expires at
+  ``now + lease_seconds`` on the broker's clock; ``keep_alive`` extends it;
+- a step whose lease expired is queued again, or FAILED with "worker lost"
+  once it has been claimed ``max_attempts`` times;
+- a report is accepted only from the worker holding the current lease of
+  that attempt; anything else raises :class:`~fuseline.errors.LeaseLost`
+  and changes nothing;
+- successors are queued exactly once, when their dependencies are met (see
+  :mod:`fuseline.broker.dag`), and an instance is finalized exactly once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..states import FINAL_STATES, Status
+from ..workflow.schema import WorkflowSchema
+
+DEFAULT_LEASE_SECONDS = 30.0
+#: Largest JSON result (UTF-8 bytes) a broker stores for one step.
+DEFAULT_MAX_RESULT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StepAssignment:
+    """A step handed to a worker: run it and report before ``expires_at``.
+
+    ``payload`` is ``{"workflow_inputs": {...}, "results": {predecessor: value}}``
+    with the results of exactly the predecessors this step consumes.
+    """
+
+    workflow_id: str
+    instance_id: str
+    step_name: str
+    payload: dict[str, Any]
+    assigned_at: datetime
+    expires_at: datetime
+    attempt: int = 1
+    version: str = "1"
+
+    @property
+    def lease_seconds(self) -> float:
+        return (self.expires_at - self.assigned_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a worker reports for the step it holds.
+
+    The first five fields match the worker guide's positional order.
+    ``attempt`` (from the assignment) makes the report exact; without it the
+    broker matches the attempt this worker currently holds. ``error`` is the
+    failure text of a FAILED step.
+    """
+
+    workflow_id: str
+    instance_id: str
+    step_name: str
+    state: Status | str
+    result: Any = None
+    attempt: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    name: str
+    state: Status
+    attempt: int
+    result: Any
+    error: str | None
+    worker_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """An instance as users see it. ``result`` is the output step's result
+    (a list when the workflow has several outputs)."""
+
+    instance_id: str
+    workflow_id: str
+    version: str
+    status: Status
+    inputs: dict[str, Any]
+    result: Any
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    steps: list[StepInfo] = field(default_factory=list)
+
+    @property
+    def steps_done(self) -> int:
+        return sum(1 for s in self.steps if s.state in FINAL_STATES)
+
+    def step(self, name: str) -> StepInfo:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    worker_id: str
+    host: str
+    pid: int
+    workflows: list[str]
+    started_at: datetime
+    last_heartbeat: datetime
+    stopped_at: datetime | None
+    alive: bool
+    current_steps: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A step a worker holds, as confirmed by ``keep_alive``."""
+
+    instance_id: str
+    step_name: str
+    attempt: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class InstanceEvent:
+    """One line of an instance's history (append-only)."""
+
+    at: datetime
+    kind: str
+    step_name: str | None = None
+    attempt: int | None = None
+    worker_id: str | None = None
+    detail: str | None = None
+
+
+class Broker(ABC):
+    """Stores workflows, instances, step states, results and leases."""
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+    # -- workers ---------------------------------------------------------------------
+    @abstractmethod
+    def register_worker(
+        self,
+        schemas: Sequence[WorkflowSchema],
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> str:
+        """Store the schemas (refusing a changed one: SchemaConflict); return a new worker id."""
+
+    @abstractmethod
+    def deregister_worker(self, worker_id: str) -> None:
+        """Mark the worker stopped and queue again any step it still holds."""
+
+    @abstractmethod
+    def get_step(self, worker_id: str) -> StepAssignment | None:
+        """Claim the oldest queued step of a workflow this worker registered, or None."""
+
+    @abstractmethod
+    def report_step(self, worker_id: str, report: StepReport) -> None:
+        """Record the outcome of a step this worker holds and move the instance on.
+
+        Raises LeaseLost if the worker no longer holds the step (nothing changes),
+        UnknownInstance / UnknownStep for names that do not exist. Replaying the
+        report already accepted is a no-op; replaying it with another outcome
+        raises ReportConflict. A result that is not JSON (or is too large) fails
+        the step with a message naming the step and the type.
+        """
+
+    @abstractmethod
+    def keep_alive(self, worker_id: str) -> list[Lease]:
+        """Heartbeat: extend the leases of the worker's running steps; return them."""
+
+    # -- instances -------------------------------------------------------------------
+    @abstractmethod
+    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any] | None = None) -> str:
+        """Store the schema if new, create an instance, queue its first steps; return its id."""
+
+    def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Dispatch one instance per inputs mapping; brokers may do it in one transaction."""
+        return [self.dispatch_workflow(schema, i) for i in inputs]
+
+    @abstractmethod
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        """The instance with its steps; UnknownInstance if there is none."""
+
+    @abstractmethod
+    def list_instances(
+        self,
+        status: Status | str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[InstanceInfo]:
+        """Instances, newest first."""
+
+    @abstractmethod
+    def instance_events(self, instance_id: str) -> list[InstanceEvent]:
+        """The instance's history, oldest first."""
+
+    @abstractmethod
+    def list_workers(self) -> list[WorkerInfo]:
+        """Registered workers, newest first."""
+
+    @abstractmethod
+    def cancel_instance(self, instance_id: str) -> InstanceInfo:
+        """Cancel a RUNNING instance: unfinished steps end CANCELLED and late reports are refused."""
+
+    @abstractmethod
+    def retry_instance(self, instance_id: str) -> InstanceInfo:
+        """Run a FAILED or CANCELLED instance again from its failed and cancelled steps."""
+
+    def close(self) -> None:
+        """Release connections; the broker is not used afterwards."""

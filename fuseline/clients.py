@@ -1,0 +1,67 @@
+"""Broker clients: how a worker talks to its broker.
+
+Workers depend on this small interface rather than on a broker, so the same
+worker code runs against a broker in the same process
+(:class:`LocalBrokerClient`) or, later, one across the network.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from .broker.base import Broker, Lease, StepAssignment, StepReport
+from .workflow.schema import WorkflowSchema
+
+
+class BrokerClient(ABC):
+    """The four calls a worker makes, plus a goodbye."""
+
+    @abstractmethod
+    def register_worker(self, schemas: Sequence[WorkflowSchema]) -> str:
+        """Register the workflows this worker can run; returns its worker id."""
+
+    @abstractmethod
+    def get_step(self, worker_id: str) -> StepAssignment | None:
+        """The next step to run, or None when nothing is ready."""
+
+    @abstractmethod
+    def report_step(self, worker_id: str, report: StepReport) -> None:
+        """Report the outcome of the step this worker holds."""
+
+    @abstractmethod
+    def keep_alive(self, worker_id: str) -> list[Lease]:
+        """Heartbeat; returns the leases the worker still holds."""
+
+    def deregister_worker(self, worker_id: str) -> None:
+        """Say goodbye: steps still held go back to the queue at once."""
+
+
+class LocalBrokerClient(BrokerClient):
+    """Calls a broker object in this process directly."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    @property
+    def lease_seconds(self) -> float:
+        """The broker's lease length, so engines can pace their heartbeats."""
+        return self.broker.lease_seconds
+
+    def register_worker(self, schemas: Sequence[WorkflowSchema]) -> str:
+        return self.broker.register_worker(schemas)
+
+    def get_step(self, worker_id: str) -> StepAssignment | None:
+        return self.broker.get_step(worker_id)
+
+    def report_step(self, worker_id: str, report: StepReport) -> None:
+        self.broker.report_step(worker_id, report)
+
+    def keep_alive(self, worker_id: str) -> list[Lease]:
+        return self.broker.keep_alive(worker_id)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        self.broker.deregister_worker(worker_id)
+
+    def __repr__(self) -> str:
+        return f"LocalBrokerClient({self.broker!r})"

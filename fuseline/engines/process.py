@@ -1,0 +1,157 @@
+"""``ProcessEngine``: the worker loop (claim, run, report) with heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+from ..broker.base import StepAssignment
+from ..clients import BrokerClient
+from ..errors import BrokerError, LeaseLost
+from ..workflow.workflow import Workflow
+from .assignment import run_assignment
+
+logger = logging.getLogger("fuseline.worker")
+
+#: Heartbeat period when the broker's lease length is unknown.
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+
+
+class ProcessEngine:
+    """Runs the steps a broker hands out for the given workflows.
+
+    Registration happens here, so the worker id exists from construction on.
+    ``work()`` drains: it returns when no step is ready. ``work(block=True)``
+    keeps polling until :meth:`stop` is called (from a signal handler or
+    another thread); the step in hand is always finished first.
+
+    A background thread sends heartbeats (``keep_alive``) every third of the
+    lease, so a long step keeps its lease. If a heartbeat shows the lease of
+    the step in hand was lost (expired and handed to another worker), the
+    result is dropped instead of reported: the broker would refuse it anyway.
+    """
+
+    def __init__(
+        self,
+        client: BrokerClient,
+        workflows: Iterable[Workflow],
+        *,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        self.client = client
+        self.workflows = {(wf.workflow_id, wf.version): wf for wf in workflows}
+        if heartbeat_interval is None:
+            lease = getattr(client, "lease_seconds", None)
+            heartbeat_interval = lease / 3 if lease else DEFAULT_HEARTBEAT_SECONDS
+        self.heartbeat_interval = heartbeat_interval
+        self.worker_id = client.register_worker([wf.to_schema() for wf in self.workflows.values()])
+        self.steps_run = 0
+        self._stopping = threading.Event()
+        self._current: StepAssignment | None = None
+        self._lost: StepAssignment | None = None
+        self._closed = False
+
+    # -- the loop ------------------------------------------------------------------------
+    def work(self, block: bool = False, poll_interval: float = 0.5, max_steps: int | None = None) -> int:
+        """Claim, run and report steps; returns how many ran.
+
+        ``block=False`` returns as soon as nothing is ready; ``block=True``
+        waits ``poll_interval`` seconds between empty polls until ``stop()``.
+        ``max_steps`` stops after that many steps.
+        """
+        self._stopping.clear()
+        beat_stop = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(beat_stop,), name="fuseline-heartbeat", daemon=True
+        )
+        beat.start()
+        ran = 0
+        try:
+            while not self._stopping.is_set():
+                assignment = self.client.get_step(self.worker_id)
+                if assignment is None:
+                    if not block:
+                        break
+                    self._stopping.wait(poll_interval)
+                    continue
+                if self._run(assignment):
+                    ran += 1
+                if max_steps is not None and ran >= max_steps:
+                    break
+        finally:
+            beat_stop.set()
+            beat.join()
+        return ran
+
+    def stop(self) -> None:
+        """Ask ``work`` to return after the step in hand (safe from signal handlers)."""
+        self._stopping.set()
+
+    def close(self) -> None:
+        """Run ``after_all`` hooks and deregister, so held steps are queued again at once."""
+        if self._closed:
+            return
+        self._closed = True
+        for workflow in self.workflows.values():
+            workflow.close()
+        try:
+            self.client.deregister_worker(self.worker_id)
+        except BrokerError as exc:
+            logger.warning("could not deregister worker %s: %s", self.worker_id, exc)
+
+    def _run(self, assignment: StepAssignment) -> bool:
+        workflow = self.workflows.get((assignment.workflow_id, assignment.version))
+        if workflow is None or assignment.step_name not in workflow.steps_by_name:
+            logger.warning(
+                "ignoring step %r of workflow %s@%s: this worker does not know it",
+                assignment.step_name,
+                assignment.workflow_id,
+                assignment.version,
+            )
+            return False
+        self._current = assignment
+        try:
+            execution = run_assignment(workflow, assignment)
+        finally:
+            self._current = None
+        report = execution.report
+        logger.info(
+            "instance=%s step=%s attempt=%d state=%s duration=%.3fs",
+            assignment.instance_id,
+            assignment.step_name,
+            assignment.attempt,
+            report.state,
+            execution.seconds,
+        )
+        if self._lost is assignment:
+            logger.warning(
+                "dropping the result of step %s of instance %s: its lease was lost",
+                assignment.step_name,
+                assignment.instance_id,
+            )
+            return True
+        try:
+            self.client.report_step(self.worker_id, report)
+        except LeaseLost as exc:
+            logger.warning("%s", exc)
+        self.steps_run += 1
+        return True
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_interval):
+            held = self._current
+            try:
+                leases = self.client.keep_alive(self.worker_id)
+            except Exception as exc:  # an outage must not kill the worker; the next beat retries
+                logger.warning("heartbeat failed: %s", exc)
+                continue
+            if held is not None and held is self._current:
+                still_held = any(
+                    lease.instance_id == held.instance_id
+                    and lease.step_name == held.step_name
+                    and lease.attempt == held.attempt
+                    for lease in leases
+                )
+                if not still_held:
+                    self._lost = held

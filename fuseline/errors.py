@@ -1,0 +1,154 @@
+"""The exceptions fuseline raises, in one tree.
+
+Every error a user can cause or act on derives from :class:`FuselineError`, so
+the command line can turn any of them into one clear line instead of a
+traceback, and library users can catch them by kind.
+"""
+
+from __future__ import annotations
+
+
+class FuselineError(Exception):
+    """Base class of every error fuseline raises on purpose."""
+
+
+class WorkflowDefinitionError(FuselineError):
+    """A workflow is built wrongly (a cycle, a bad dependency, a bad name)."""
+
+
+class SchemaConflict(FuselineError):
+    """A different definition is already stored under the same workflow id and version.
+
+    Changing a workflow's steps or edges without changing its version would
+    let running instances continue on a graph they were not started with, so
+    the broker refuses it and asks for a new version.
+    """
+
+    def __init__(self, workflow_id: str, version: str) -> None:
+        self.workflow_id = workflow_id
+        self.version = version
+        super().__init__(
+            f"workflow {workflow_id!r} version {version!r} is already registered with a "
+            "different definition; give the changed workflow a new version "
+            f"(Workflow(..., version=...)) instead of changing {version!r} in place"
+        )
+
+
+class InvalidInputs(FuselineError):
+    """Workflow inputs are not a JSON object of JSON values."""
+
+
+class ResultNotSerializable(FuselineError):
+    """A step returned a value that cannot be stored as JSON."""
+
+    def __init__(self, step_name: str, value: object, reason: str = "") -> None:
+        self.step_name = step_name
+        self.type_name = type(value).__name__
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"step {step_name!r} returned a value of type {self.type_name!r} that is not "
+            f"JSON-serialisable{detail}; return JSON types (dict, list, str, int, float, "
+            "bool, None)"
+        )
+
+
+class ResultTooLarge(FuselineError):
+    """A step result is larger than the broker's ``max_result_bytes``."""
+
+    def __init__(self, step_name: str, size: int, limit: int) -> None:
+        self.step_name = step_name
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"step {step_name!r} returned {size} bytes of JSON, more than the limit of "
+            f"{limit} bytes; store large data elsewhere and return a reference to it"
+        )
+
+
+class StepTimeout(FuselineError):
+    """A step ran longer than its :class:`~fuseline.policies.StepTimeoutPolicy` allows."""
+
+
+class BrokerError(FuselineError):
+    """A broker refused an operation."""
+
+
+class UnknownWorker(BrokerError):
+    """The worker id was never registered with this broker."""
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        super().__init__(f"unknown worker {worker_id!r}: call register_worker first")
+
+
+class UnknownWorkflow(BrokerError):
+    """No workflow with this id and version is stored."""
+
+    def __init__(self, workflow_id: str, version: str | None = None) -> None:
+        self.workflow_id = workflow_id
+        self.version = version
+        what = f"{workflow_id!r}" + (f" version {version!r}" if version is not None else "")
+        super().__init__(f"unknown workflow {what}")
+
+
+class UnknownInstance(BrokerError):
+    """No instance with this id exists."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"unknown instance {instance_id!r}")
+
+
+class UnknownStep(BrokerError):
+    """The instance's workflow has no step with this name."""
+
+    def __init__(self, instance_id: str, step_name: str) -> None:
+        self.instance_id = instance_id
+        self.step_name = step_name
+        super().__init__(f"instance {instance_id!r} has no step named {step_name!r}")
+
+
+class LeaseLost(BrokerError):
+    """A report or renewal came from a worker that no longer holds the step.
+
+    The step's lease expired and it was handed to another worker, or the
+    instance was cancelled, or the report names another attempt. The report
+    changed nothing: the broker accepts exactly one result per step.
+    """
+
+    def __init__(self, instance_id: str, step_name: str, detail: str) -> None:
+        self.instance_id = instance_id
+        self.step_name = step_name
+        super().__init__(f"report for step {step_name!r} of instance {instance_id!r} rejected: {detail}")
+
+
+class ReportConflict(BrokerError):
+    """A replayed report disagrees with the result already accepted for that attempt."""
+
+
+class InvalidTransition(BrokerError):
+    """An operation does not apply to the instance in its current state."""
+
+
+class DatabaseError(FuselineError):
+    """The database cannot be used: unreachable, wrong URL, or not migrated."""
+
+
+class SchemaOutOfDate(DatabaseError):
+    """The database schema is missing or behind (or ahead of) this fuseline version."""
+
+
+class MissingInput(FuselineError):
+    """A step needs a workflow input that the instance was not given."""
+
+    def __init__(self, step_name: str, input_name: str) -> None:
+        self.step_name = step_name
+        self.input_name = input_name
+        super().__init__(
+            f"step {step_name!r} needs the workflow input {input_name!r}, which the instance "
+            "inputs do not provide"
+        )
+
+
+class WorkflowFailed(FuselineError):
+    """An in-process run (``Workflow.run``) ended FAILED without a step exception to re-raise."""

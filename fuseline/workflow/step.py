@@ -1,0 +1,279 @@
+"""Steps: the units of work a workflow is made of, and the edges between them."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..states import Status
+from .dependencies import Dependency
+
+if TYPE_CHECKING:
+    from ..policies import Policy
+
+#: A run_step parameter with this name receives what ``setup`` returned.
+SETUP_PARAMETER = "setup_res"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a step's ``run_step``: where its value comes from."""
+
+    name: str
+    dependency: Dependency | None
+    default: Any = inspect.Parameter.empty
+
+    @property
+    def is_input(self) -> bool:
+        return self.dependency is None and self.name != SETUP_PARAMETER
+
+    @property
+    def has_default(self) -> bool:
+        return self.default is not inspect.Parameter.empty
+
+
+def read_parameters(fn: Callable[..., Any], *, skip_self: bool) -> tuple[Parameter, ...]:
+    """Classify the parameters of ``fn`` into dependencies, inputs and setup result."""
+    params = list(inspect.signature(fn).parameters.values())
+    if skip_self and params:
+        params = params[1:]
+    result = []
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if isinstance(p.default, Dependency):
+            result.append(Parameter(p.name, p.default))
+        else:
+            result.append(Parameter(p.name, None, p.default))
+    return tuple(result)
+
+
+def snake_case(name: str) -> str:
+    """``FetchURLs`` -> ``fetch_urls``; ``Add2`` -> ``add2``."""
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
+    s = re.sub(r"[^0-9a-zA-Z_]+", "_", s)
+    return s.strip("_").lower() or "step"
+
+
+class Step:
+    """A unit of work in a workflow.
+
+    Subclasses implement ``run_step``. Its parameters are filled by name from
+    the workflow inputs, or from other steps' results when their default is
+    ``Depends(other)``. The lifecycle around it:
+
+    - ``before_all(shared)``: once, before this step first runs in a process.
+    - ``setup(shared)``: before each run; a ``setup_res`` parameter of
+      ``run_step`` receives what it returns.
+    - ``run_step(...)``: the work; its return value is the step's result and
+      must be JSON when the step runs on a broker.
+    - ``teardown(shared, setup_res, result)``: after a successful run; what it
+      returns becomes the result.
+    - ``after_all(shared)``: once, when the workflow run ends or the worker stops.
+
+    ``shared`` maps each predecessor Step to its result.
+    """
+
+    #: How many times the broker hands this step to a worker before it gives
+    #: up with "worker lost" (a crash, hang or partition costs one claim).
+    max_attempts: ClassVar[int] = 3
+    name: str | None = None
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        policies: Sequence[Policy] | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        if name is not None:
+            self.name = name
+        if max_attempts is not None:
+            if max_attempts < 1:
+                raise ValueError("max_attempts must be at least 1")
+            self.max_attempts = max_attempts  # type: ignore[misc]
+        self.policies: list[Policy] = list(policies or [])
+        self.state: Status = Status.PENDING
+        # predecessor -> actions of the edge (None = the default edge)
+        self._inbound: dict[Step, set[str | None]] = {}
+        self.parameters = self._read_parameters()
+        for param in self.parameters:
+            if param.dependency is not None:
+                for target in param.dependency.resolve():
+                    self._add_inbound(target, None)
+
+    # -- what the subclass provides -------------------------------------------------
+    def before_all(self, shared: dict[Step, Any]) -> None:
+        """Called once before this step first runs in this process."""
+
+    def setup(self, shared: dict[Step, Any]) -> Any:
+        """Called before each run; the return value is passed as ``setup_res``."""
+        return None
+
+    def run_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement run_step")
+
+    def teardown(self, shared: dict[Step, Any], setup_res: Any, result: Any) -> Any:
+        """Called after a successful run; returns the step's result."""
+        return result
+
+    def after_all(self, shared: dict[Step, Any]) -> None:
+        """Called once when the workflow run ends or the worker stops."""
+
+    # -- introspection ----------------------------------------------------------------
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self._body())
+
+    @property
+    def kind(self) -> str:
+        return "async" if self.is_async else "step"
+
+    @property
+    def default_name(self) -> str:
+        """The readable name used when none is given: the class name in snake_case."""
+        return snake_case(type(self).__name__)
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__qualname__
+
+    @property
+    def predecessors(self) -> list[Step]:
+        return list(self._inbound)
+
+    def edge_actions(self, predecessor: Step) -> frozenset[str | None]:
+        return frozenset(self._inbound.get(predecessor, ()))
+
+    def _body(self) -> Callable[..., Any]:
+        return type(self).run_step
+
+    def _read_parameters(self) -> tuple[Parameter, ...]:
+        return read_parameters(type(self).run_step, skip_self=True)
+
+    def _call_body(self, kwargs: dict[str, Any]) -> Any:
+        return self.run_step(**kwargs)
+
+    # -- edges ------------------------------------------------------------------------
+    def _add_inbound(self, predecessor: Step, action: str | None) -> None:
+        if predecessor is self:
+            raise ValueError(f"{self!r} cannot depend on itself")
+        self._inbound.setdefault(predecessor, set()).add(action)
+
+    def __rshift__(self, other: Any) -> Any:
+        """``a >> b``: b runs after a. ``a >> [b, c]`` fans out."""
+        for target in _as_steps(other):
+            target._add_inbound(self, None)
+        return other
+
+    def __rrshift__(self, other: Any) -> Step:
+        """``[a, b] >> c``: c runs after a and b (an AND join)."""
+        for source in _as_steps(other):
+            self._add_inbound(source, None)
+        return self
+
+    def __sub__(self, action: str) -> _ActionEdge:
+        """``a - "approve" >> b``: b runs only when a returns ``"approve"``."""
+        if not isinstance(action, str) or not action:
+            raise TypeError("a branch action must be a non-empty string: step - 'name' >> target")
+        return _ActionEdge(self, action)
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<{type(self).__name__}{label}>"
+
+
+class _ActionEdge:
+    """The left half of ``a - "action" >> b``."""
+
+    def __init__(self, source: Step, action: str) -> None:
+        self.source = source
+        self.action = action
+
+    def __rshift__(self, other: Any) -> Any:
+        for target in _as_steps(other):
+            target._add_inbound(self.source, self.action)
+        return other
+
+
+def _as_steps(value: Any) -> Iterable[Step]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, Step):
+            yield item
+        elif callable(item):
+            yield FunctionStep.for_function(item)
+        else:
+            raise TypeError(f"cannot connect a step to {type(item).__name__}")
+
+
+class AsyncStep(Step):
+    """A step whose ``run_step`` is ``async def``.
+
+    ``setup`` and ``teardown`` may be plain or async. The step runs in its own
+    event loop on the worker, so it may await I/O freely.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run_step" in cls.__dict__ and not inspect.iscoroutinefunction(cls.__dict__["run_step"]):
+            raise TypeError(f"{cls.__name__}.run_step must be 'async def' in an AsyncStep")
+
+
+_FUNCTION_STEPS: weakref.WeakKeyDictionary[Callable[..., Any], FunctionStep] = weakref.WeakKeyDictionary()
+
+
+class FunctionStep(Step):
+    """A plain (or async) function used as a step.
+
+    Its parameters follow the same rules as ``run_step``: workflow inputs by
+    name, ``Depends(...)`` defaults for other steps' results.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        policies: Sequence[Policy] | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError("FunctionStep needs a callable")
+        self.fn = fn
+        super().__init__(name=name, policies=policies, max_attempts=max_attempts)
+
+    @classmethod
+    def for_function(cls, fn: Callable[..., Any]) -> FunctionStep:
+        """The one FunctionStep of ``fn``, so every ``Depends(fn)`` means the same step."""
+        step = _FUNCTION_STEPS.get(fn)
+        if step is None:
+            step = cls(fn)
+            _FUNCTION_STEPS[fn] = step
+        return step
+
+    @property
+    def kind(self) -> str:
+        return "async_function" if self.is_async else "function"
+
+    @property
+    def default_name(self) -> str:
+        return snake_case(getattr(self.fn, "__name__", "function"))
+
+    @property
+    def type_name(self) -> str:
+        return getattr(self.fn, "__qualname__", type(self.fn).__name__)
+
+    def _body(self) -> Callable[..., Any]:
+        return self.fn
+
+    def _read_parameters(self) -> tuple[Parameter, ...]:
+        return read_parameters(self.fn, skip_self=False)
+
+    def _call_body(self, kwargs: dict[str, Any]) -> Any:
+        return self.fn(**kwargs)
