@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..errors import (
-    BrokerError,
     InvalidTransition,
     LeaseLost,
     ReportConflict,
@@ -33,7 +32,7 @@ from ..errors import (
     UnknownWorker,
     UnknownWorkflow,
 )
-from ..states import REPORTABLE_STATES, Status
+from ..states import Status
 from ..workflow.schema import WorkflowSchema
 from . import codec
 from .base import (
@@ -49,8 +48,7 @@ from .base import (
     WorkerInfo,
 )
 from .dag import Progress, StepView, WorkflowPlan
-
-WORKER_LOST = "worker lost: the step's lease expired on its last allowed attempt"
+from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 
 
 def _utcnow() -> datetime:
@@ -184,6 +182,7 @@ class MemoryBroker(Broker):
                 instance = self._instances[instance_id]
                 step = instance.steps[name]
                 if step.worker_id == worker_id:
+                    step.max_attempts += 1  # a graceful release does not use up an attempt
                     self._requeue(instance, step, "released")
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
@@ -282,7 +281,7 @@ class MemoryBroker(Broker):
             step = instance.steps.get(report.step_name)
             if step is None:
                 raise UnknownStep(report.instance_id, report.step_name)
-            state = _reported_state(report)
+            state = reported_state(report)
             holds = step.worker_id == worker_id and report.attempt in (None, step.attempt)
             if step.state is not Status.RUNNING or not holds:
                 self._check_replay(instance, step, worker_id, report, state)
@@ -294,7 +293,7 @@ class MemoryBroker(Broker):
                 except (ResultNotSerializable, ResultTooLarge) as exc:
                     state, error = Status.FAILED, str(exc)
             elif state is Status.FAILED and not error:
-                error = "the step failed (the worker gave no error text)"
+                error = NO_ERROR_TEXT
             self._running.discard((instance.instance_id, step.name))
             step.reported_by = worker_id
             self._finish(instance, step, state, result, error)
@@ -312,7 +311,11 @@ class MemoryBroker(Broker):
                 f"step {step.name!r} of instance {instance.instance_id!r} already ended "
                 f"{step.state} for this attempt; a different report was refused"
             )
-        raise LeaseLost(instance.instance_id, step.name, _why_not_held(step, worker_id, report))
+        raise LeaseLost(
+            instance.instance_id,
+            step.name,
+            why_not_held(step.state, step.worker_id, step.attempt, worker_id, report),
+        )
 
     def _finish(
         self, instance: _Instance, step: _Step, state: Status, result: Any, error: str | None
@@ -479,7 +482,8 @@ class MemoryBroker(Broker):
             for step in instance.steps.values():
                 if step.state in (Status.FAILED, Status.CANCELLED):
                     step.state = Status.PENDING
-                    step.attempt = 0
+                    # attempts only grow (reports are fenced by them); the budget starts afresh
+                    step.max_attempts = step.attempt + instance.plan.nodes[step.name].max_attempts
                     step.result = step.error = step.worker_id = step.reported_by = None
                     step.started_at = step.finished_at = step.finished_seq = None
                     step.action = None
@@ -551,25 +555,3 @@ class MemoryBroker(Broker):
             finished_at=instance.finished_at,
             steps=steps,
         )
-
-
-def _reported_state(report: StepReport) -> Status:
-    try:
-        state = Status(report.state)
-    except ValueError:
-        raise BrokerError(f"report names an unknown state {report.state!r}") from None
-    if state not in REPORTABLE_STATES:
-        raise BrokerError(
-            f"a worker may report SUCCEEDED, FAILED or SKIPPED, not {state} (step {report.step_name!r})"
-        )
-    return state
-
-
-def _why_not_held(step: _Step, worker_id: str, report: StepReport) -> str:
-    if step.state is Status.CANCELLED:
-        return "the instance was cancelled"
-    if step.state is not Status.RUNNING:
-        return f"the step is {step.state}, not RUNNING"
-    if step.worker_id != worker_id:
-        return "the step's lease expired and it was handed to another worker"
-    return f"the report is for attempt {report.attempt} but attempt {step.attempt} is current"

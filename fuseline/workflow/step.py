@@ -52,12 +52,14 @@ def read_parameters(fn: Callable[..., Any], *, skip_self: bool) -> tuple[Paramet
     return tuple(result)
 
 
+#: The words of an identifier: a plural acronym (``URLs``), an acronym (``HTTP`` in
+#: ``HTTPServer``), or a word with at most one leading capital (``Fetch``, ``add2``).
+_WORDS = re.compile(r"[A-Z]{2,}s(?![a-z])|[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+|[0-9]+")
+
+
 def snake_case(name: str) -> str:
-    """``FetchURLs`` -> ``fetch_urls``; ``Add2`` -> ``add2``."""
-    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
-    s = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s)
-    s = re.sub(r"[^0-9a-zA-Z_]+", "_", s)
-    return s.strip("_").lower() or "step"
+    """``FetchURLs`` -> ``fetch_urls``; ``HTTPServer`` -> ``http_server``; ``Add2`` -> ``add2``."""
+    return "_".join(word.lower() for word in _WORDS.findall(name)) or "step"
 
 
 class Step:
@@ -93,6 +95,11 @@ class Step:
     ) -> None:
         if name is not None:
             self.name = name
+        #: The name the user chose (``name=`` or a class attribute), None when the
+        #: workflow generates one. Generated names are per workflow: a workflow
+        #: also writes its generated name to ``name`` (for messages) when unset,
+        #: but never mistakes it for a chosen one.
+        self.explicit_name: str | None = self.name
         if max_attempts is not None:
             if max_attempts < 1:
                 raise ValueError("max_attempts must be at least 1")

@@ -245,7 +245,8 @@ def _topological_order(outputs: Sequence[Step]) -> list[Step]:
         if step in done:
             return
         if step in on_path:
-            cycle = [*on_path[on_path.index(step) :], step]
+            # on_path runs from successors to predecessors: reverse it to follow the edges
+            cycle = [step, *reversed(on_path[on_path.index(step) :])]
             raise WorkflowDefinitionError(
                 "the workflow has a cycle: " + " >> ".join(_label(s) for s in cycle)
             )
@@ -269,8 +270,8 @@ def _assign_names(order: Sequence[Step]) -> dict[Step, str]:
     names: dict[Step, str] = {}
     taken: set[str] = set()
     for step in order:
-        if step.name is not None:
-            name = check_name("step name", step.name)
+        if step.explicit_name is not None:
+            name = check_name("step name", step.explicit_name)
             if name in taken:
                 raise WorkflowDefinitionError(f"two steps are named {name!r}; names must be unique")
             taken.add(name)

@@ -1,0 +1,684 @@
+"""``SqlBroker``: the broker contract on PostgreSQL or SQLite.
+
+Every operation is one short transaction. The rules that move an instance
+forward are those of :mod:`fuseline.broker.dag`, evaluated while holding the
+instance's row lock; lease-dependent writes are guarded in SQL. Lock order
+is always instance, then steps, so reports, cancels, retries and the
+reaper never deadlock; claims lock only QUEUED rows and skip locked ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from ...errors import (
+    DatabaseError,
+    InvalidTransition,
+    LeaseLost,
+    ReportConflict,
+    ResultNotSerializable,
+    ResultTooLarge,
+    SchemaConflict,
+    UnknownInstance,
+    UnknownStep,
+    UnknownWorker,
+    UnknownWorkflow,
+)
+from ...states import Status
+from ...workflow.schema import WorkflowSchema
+from .. import codec
+from ..base import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_RESULT_BYTES,
+    Broker,
+    InstanceEvent,
+    InstanceInfo,
+    Lease,
+    StepAssignment,
+    StepInfo,
+    StepReport,
+    WorkerInfo,
+)
+from ..dag import Progress, StepView, WorkflowPlan
+from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
+from . import migrate as schema_migrations
+from .engine import create_database_engine, mask_url, scrub
+from .queries import Queries, queries_for
+
+#: At most this many expired leases are handled per reaper pass.
+REAP_BATCH = 100
+
+_Event = dict[str, Any]
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite returns naive UTC datetimes; make every timestamp timezone-aware."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _event(
+    instance_id: str,
+    kind: str,
+    step_name: str | None = None,
+    attempt: int | None = None,
+    worker_id: str | None = None,
+    detail: str | None = None,
+) -> _Event:
+    return {
+        "instance_id": instance_id,
+        "kind": kind,
+        "step_name": step_name,
+        "attempt": attempt,
+        "worker_id": worker_id,
+        "detail": detail,
+    }
+
+
+class SqlBroker(Broker):
+    """The broker on a SQL database shared by any number of worker processes.
+
+    ``url_or_engine`` is a database URL (``postgresql+psycopg://...`` or
+    ``sqlite:///file.db``) or an SQLAlchemy Engine. The database must be
+    migrated (``fuseline db upgrade``); ``migrate=True`` upgrades it instead,
+    which the embedded SQLite default does.
+    """
+
+    def __init__(
+        self,
+        url_or_engine: str | URL | Engine,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        migrate: bool = False,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be > 0")
+        self.lease_seconds = float(lease_seconds)
+        self.max_result_bytes = max_result_bytes
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+            self._owns_engine = False
+            if self.engine.dialect.name == "sqlite":
+                from .engine import configure_sqlite
+
+                configure_sqlite(self.engine)
+        else:
+            self.engine = create_database_engine(url_or_engine)
+            self._owns_engine = True
+        self.url = mask_url(self.engine.url)
+        self.q: Queries = queries_for(self.engine.dialect.name)
+        self._plans: dict[tuple[str, str], WorkflowPlan] = {}
+        self._worker_keys: dict[str, list[tuple[str, str]]] = {}
+        self._reap_interval = max(0.05, min(self.lease_seconds / 4, 5.0))
+        self._next_reap = 0.0
+        try:
+            if migrate:
+                schema_migrations.upgrade(self.engine)
+            else:
+                schema_migrations.check_current(self.engine)
+        except DBAPIError as exc:
+            self.close()
+            raise DatabaseError(f"cannot use the database {self.url}: {self._scrub(exc.orig)}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SqlBroker({self.url!r}, lease_seconds={self.lease_seconds:g})"
+
+    def close(self) -> None:
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def _scrub(self, error: object) -> str:
+        return scrub(str(error), self.engine.url)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """One transaction; database errors leave as DatabaseError with no password in them."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
+
+    # -- definitions ---------------------------------------------------------------------
+    def _store_schemas(self, conn: Connection, schemas: Iterable[WorkflowSchema]) -> None:
+        for schema in schemas:
+            known = self._plans.get(schema.key)
+            if known is not None:
+                if known.hash != schema.hash:
+                    raise SchemaConflict(schema.workflow_id, schema.version)
+                continue
+            conn.execute(
+                self.q.workflow_insert,
+                {
+                    "workflow_id": schema.workflow_id,
+                    "version": schema.version,
+                    "schema_hash": schema.hash,
+                    "definition": schema.to_json(),
+                },
+            )
+            stored = conn.execute(
+                self.q.workflow_get, {"p_workflow_id": schema.workflow_id, "p_version": schema.version}
+            ).one()
+            if stored.schema_hash != schema.hash:
+                raise SchemaConflict(schema.workflow_id, schema.version)
+            self._plans[schema.key] = WorkflowPlan(schema)
+
+    def _plan(self, conn: Connection, key: tuple[str, str]) -> WorkflowPlan:
+        plan = self._plans.get(key)
+        if plan is None:
+            row = conn.execute(self.q.workflow_get, {"p_workflow_id": key[0], "p_version": key[1]}).first()
+            if row is None:
+                raise UnknownWorkflow(*key)
+            plan = WorkflowPlan(WorkflowSchema.from_json(row.definition))
+            self._plans[key] = plan
+        return plan
+
+    # -- workers ---------------------------------------------------------------------------
+    def register_worker(
+        self,
+        schemas: Sequence[WorkflowSchema],
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+    ) -> str:
+        worker_id = str(uuid.uuid4())
+        keys = [s.key for s in schemas]
+        with self._transaction() as conn:
+            self._store_schemas(conn, schemas)
+            conn.execute(
+                self.q.worker_insert,
+                {
+                    "id": worker_id,
+                    "host": host or socket.gethostname(),
+                    "pid": pid if pid is not None else os.getpid(),
+                    "workflows": json.dumps([list(k) for k in keys]),
+                },
+            )
+        self._worker_keys[worker_id] = keys
+        return worker_id
+
+    def _keys_of(self, worker_id: str) -> list[tuple[str, str]]:
+        keys = self._worker_keys.get(worker_id)
+        if keys is None:
+            with self._transaction() as conn:
+                stored = conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).scalar()
+            if stored is None:
+                raise UnknownWorker(worker_id)
+            keys = [(k[0], k[1]) for k in json.loads(stored)]
+            self._worker_keys[worker_id] = keys
+        return keys
+
+    def deregister_worker(self, worker_id: str) -> None:
+        with self._transaction() as conn:
+            if conn.execute(self.q.worker_stop, {"p_worker_id": worker_id}).rowcount == 0:
+                raise UnknownWorker(worker_id)
+            released = conn.execute(self.q.steps_release_of_worker, {"p_worker_id": worker_id}).all()
+            self._append(
+                conn,
+                [_event(r.instance_id, "released", r.name, r.attempt, worker_id) for r in released],
+            )
+        self._worker_keys.pop(worker_id, None)
+
+    def keep_alive(self, worker_id: str) -> list[Lease]:
+        with self._transaction() as conn:
+            if conn.execute(self.q.worker_heartbeat, {"p_worker_id": worker_id}).rowcount == 0:
+                raise UnknownWorker(worker_id)
+            rows = conn.execute(
+                self.q.steps_extend_leases,
+                {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds},
+            ).all()
+        return [Lease(r.instance_id, r.name, r.attempt, _aware(r.lease_expires_at)) for r in rows]  # type: ignore[arg-type]
+
+    # -- claiming ----------------------------------------------------------------------------
+    def get_step(self, worker_id: str) -> StepAssignment | None:
+        keys = self._keys_of(worker_id)
+        reaped = False
+        if time.monotonic() >= self._next_reap:
+            self._reap_expired()
+            reaped = True
+        assignment = self._claim(worker_id, keys)
+        if assignment is None and not reaped:
+            # Nothing queued: an expired lease may be all that is left to do.
+            self._reap_expired()
+            assignment = self._claim(worker_id, keys)
+        return assignment
+
+    def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
+        if not keys:
+            return None
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
+        if len(keys) == 1:
+            statement = self.q.step_claim_one_workflow
+            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
+        else:
+            statement = self.q.step_claim_many_workflows
+            params["p_keys"] = keys
+        with self._transaction() as conn:
+            row = conn.execute(statement, params).first()
+            if row is None:
+                return None
+            inputs = conn.execute(self.q.instance_inputs, {"p_instance_id": row.instance_id}).scalar_one()
+            names = json.loads(row.inputs_from) if row.inputs_from else []
+            results: dict[str, Any] = {}
+            if names:
+                found = conn.execute(
+                    self.q.step_results, {"p_instance_id": row.instance_id, "p_names": names}
+                ).all()
+                results = {r.name: codec.decode(r.result) for r in found}
+            self._append(conn, [_event(row.instance_id, "claimed", row.name, row.attempt, worker_id)])
+        return StepAssignment(
+            workflow_id=row.workflow_id,
+            instance_id=row.instance_id,
+            step_name=row.name,
+            payload={"workflow_inputs": codec.decode(inputs), "results": results},
+            assigned_at=_aware(row.started_at),  # type: ignore[arg-type]
+            expires_at=_aware(row.lease_expires_at),  # type: ignore[arg-type]
+            attempt=row.attempt,
+            version=row.version,
+        )
+
+    def _reap_expired(self) -> None:
+        """Queue again the steps whose lease expired; fail those on their last attempt.
+
+        Any broker process does this while claiming, so no separate daemon
+        is needed. Concurrent reapers split the rows (SKIP LOCKED), and
+        every write re-checks that the step is still RUNNING and expired, so
+        a report that commits first always wins.
+        """
+        self._next_reap = time.monotonic() + self._reap_interval
+        with self._transaction() as conn:
+            expired = conn.execute(self.q.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
+            if expired:
+                conn.execute(self.q.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
+                self._append(
+                    conn,
+                    [_event(r.instance_id, "lease_expired", r.name, r.attempt, r.worker_id) for r in expired],
+                )
+            final = conn.execute(self.q.steps_expired_final, {"p_limit": REAP_BATCH}).all()
+        for row in final:
+            self._fail_lost_step(row)
+
+    def _fail_lost_step(self, row: Row[Any]) -> None:
+        with self._transaction() as conn:
+            locked = conn.execute(self.q.instance_lock, {"p_instance_id": row.instance_id}).first()
+            if locked is None:
+                return
+            failed = conn.execute(
+                self.q.step_fail_if_expired,
+                {"p_id": row.id, "p_attempt": row.attempt, "p_error": WORKER_LOST},
+            ).first()
+            if failed is None:
+                return  # a report or another reaper got there first
+            events = [
+                _event(row.instance_id, "lease_expired", row.name, row.attempt, row.worker_id),
+                _event(row.instance_id, "failed", row.name, row.attempt, row.worker_id, WORKER_LOST),
+            ]
+            plan = self._plan(conn, (locked.workflow_id, locked.version))
+            self._advance(conn, row.instance_id, plan, plan.successors(row.name), events)
+            self._append(conn, events)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def report_step(self, worker_id: str, report: StepReport) -> None:
+        state = reported_state(report)
+        with self._transaction() as conn:
+            locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
+            if locked is None:
+                raise UnknownInstance(report.instance_id)
+            if report.workflow_id != locked.workflow_id:
+                raise UnknownWorkflow(report.workflow_id)
+            plan = self._plan(conn, (locked.workflow_id, locked.version))
+            if report.step_name not in plan.nodes:
+                raise UnknownStep(report.instance_id, report.step_name)
+            result, error, action = None, report.error, None
+            if state is Status.SUCCEEDED:
+                try:
+                    result = codec.encode_result(report.step_name, report.result, self.max_result_bytes)
+                except (ResultNotSerializable, ResultTooLarge) as exc:
+                    state, error = Status.FAILED, str(exc)
+                else:
+                    action = plan.chosen_action(report.step_name, report.result)
+            elif state is Status.FAILED and not error:
+                error = NO_ERROR_TEXT
+            params = {
+                "p_instance_id": report.instance_id,
+                "p_name": report.step_name,
+                "p_worker_id": worker_id,
+                "p_state": state.value,
+                "p_result": result,
+                "p_error": error,
+                "p_action": action,
+            }
+            if report.attempt is None:
+                held = conn.execute(self.q.step_finish_if_held_any_attempt, params).first()
+            else:
+                held = conn.execute(
+                    self.q.step_finish_if_held, {**params, "p_attempt": report.attempt}
+                ).first()
+            if held is None:
+                self._check_replay(conn, worker_id, report, state)
+                return
+            events = [
+                _event(
+                    report.instance_id, state.value.lower(), report.step_name, held.attempt, worker_id, error
+                )
+            ]
+            self._advance(conn, report.instance_id, plan, plan.successors(report.step_name), events)
+            self._append(conn, events)
+
+    def _check_replay(self, conn: Connection, worker_id: str, report: StepReport, state: Status) -> None:
+        """A report the lease guard refused: an exact replay is fine, anything else is not."""
+        row = conn.execute(
+            self.q.step_get, {"p_instance_id": report.instance_id, "p_name": report.step_name}
+        ).one()
+        current = Status(row.state)
+        if row.reported_by == worker_id and report.attempt in (None, row.attempt):
+            if current is state and (
+                state is not Status.SUCCEEDED or codec.decode(row.result) == report.result
+            ):
+                return
+            raise ReportConflict(
+                f"step {report.step_name!r} of instance {report.instance_id!r} already ended {current} "
+                "for this attempt; a different report was refused"
+            )
+        raise LeaseLost(
+            report.instance_id,
+            report.step_name,
+            why_not_held(current, row.worker_id, row.attempt, worker_id, report),
+        )
+
+    def _advance(
+        self,
+        conn: Connection,
+        instance_id: str,
+        plan: WorkflowPlan,
+        candidates: Iterable[str],
+        events: list[_Event],
+    ) -> None:
+        """Apply the join rules after a change, then finalize the instance if it is done.
+
+        The caller holds the instance lock, so no other transaction evaluates
+        this instance at the same time.
+        """
+        rows = conn.execute(self.q.steps_views, {"p_instance_id": instance_id}).all()
+        views = {r.name: StepView(Status(r.state), r.action, _aware(r.finished_at)) for r in rows}
+        progress = plan.settle(views, candidates)
+        self._apply(conn, instance_id, progress, events)
+        outcome = plan.outcome(views)
+        if outcome is not None:
+            self._finalize(conn, instance_id, plan, outcome, events)
+
+    def _apply(self, conn: Connection, instance_id: str, progress: Progress, events: list[_Event]) -> None:
+        if progress.queued:
+            conn.execute(
+                self.q.step_queue_if_pending,
+                [
+                    {
+                        "p_instance_id": instance_id,
+                        "p_name": name,
+                        "p_inputs_from": json.dumps(inputs_from) if inputs_from else None,
+                    }
+                    for name, inputs_from in progress.queued.items()
+                ],
+            )
+            events.extend(_event(instance_id, "queued", name) for name in progress.queued)
+        for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
+            if names:
+                conn.execute(
+                    self.q.steps_close_if_pending,
+                    {"p_instance_id": instance_id, "p_names": names, "p_state": state.value},
+                )
+                events.extend(_event(instance_id, state.value.lower(), name) for name in names)
+
+    def _finalize(
+        self,
+        conn: Connection,
+        instance_id: str,
+        plan: WorkflowPlan,
+        outcome: Status,
+        events: list[_Event],
+    ) -> None:
+        result = error = None
+        if outcome is Status.SUCCEEDED:
+            found = conn.execute(
+                self.q.step_results, {"p_instance_id": instance_id, "p_names": list(plan.outputs)}
+            ).all()
+            texts = {r.name: r.result for r in found}
+            parts = [texts.get(name) or "null" for name in plan.outputs]
+            result = parts[0] if len(parts) == 1 else "[" + ",".join(parts) + "]"
+        else:
+            failure = conn.execute(self.q.step_first_failure, {"p_instance_id": instance_id}).first()
+            if failure is not None:
+                error = f"step {failure.name!r} failed: {failure.error}"
+        finished = conn.execute(
+            self.q.instance_finish,
+            {"p_instance_id": instance_id, "p_status": outcome.value, "p_result": result, "p_error": error},
+        )
+        if finished.rowcount == 1:
+            events.append(_event(instance_id, f"instance_{outcome.value.lower()}", detail=error))
+
+    def _append(self, conn: Connection, events: list[_Event]) -> None:
+        if events:
+            conn.execute(self.q.events_append, events)
+
+    # -- instances -----------------------------------------------------------------------------
+    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any] | None = None) -> str:
+        return self.dispatch_many(schema, [inputs if inputs is not None else {}])[0]
+
+    def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Create one instance per inputs mapping, all in one transaction."""
+        encoded = [codec.encode_inputs(i) for i in inputs]
+        ids = [str(uuid.uuid4()) for _ in encoded]
+        with self._transaction() as conn:
+            self._store_schemas(conn, [schema])
+            plan = self._plans[schema.key]
+            roots = set(plan.roots)
+            instance_rows, queued_rows, pending_rows, event_rows = [], [], [], []
+            for instance_id, text in zip(ids, encoded, strict=True):
+                instance_rows.append(
+                    {
+                        "id": instance_id,
+                        "workflow_id": schema.workflow_id,
+                        "version": schema.version,
+                        "inputs": text,
+                    }
+                )
+                event_rows.append(_event(instance_id, "dispatched"))
+                for name in plan.order:
+                    row = {
+                        "instance_id": instance_id,
+                        "workflow_id": schema.workflow_id,
+                        "version": schema.version,
+                        "name": name,
+                        "max_attempts": plan.nodes[name].max_attempts,
+                    }
+                    if name in roots:
+                        queued_rows.append(row)
+                        event_rows.append(_event(instance_id, "queued", name))
+                    else:
+                        pending_rows.append(row)
+            if instance_rows:
+                conn.execute(self.q.instance_insert, instance_rows)
+                conn.execute(self.q.steps_insert_queued, queued_rows)
+                if pending_rows:
+                    conn.execute(self.q.steps_insert_pending, pending_rows)
+                self._append(conn, event_rows)
+        return ids
+
+    def get_instance(self, instance_id: str) -> InstanceInfo:
+        with self._transaction() as conn:
+            row = conn.execute(self.q.instance_get, {"p_instance_id": instance_id}).first()
+            if row is None:
+                raise UnknownInstance(instance_id)
+            step_rows = conn.execute(self.q.steps_of_instances, {"p_instance_ids": [instance_id]}).all()
+        return self._info(row, step_rows)
+
+    def list_instances(
+        self,
+        status: Status | str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[InstanceInfo]:
+        from .models import instances
+
+        query = instances.select().order_by(instances.c.created_at.desc(), instances.c.id)
+        if status is not None:
+            query = query.where(instances.c.status == Status(status).value)
+        if workflow_id is not None:
+            query = query.where(instances.c.workflow_id == workflow_id)
+        query = query.limit(max(0, int(limit))).offset(max(0, int(offset)))
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            step_rows = conn.execute(
+                self.q.steps_of_instances, {"p_instance_ids": [r.id for r in rows]}
+            ).all()
+        by_instance: dict[str, list[Row[Any]]] = {}
+        for s in step_rows:
+            by_instance.setdefault(s.instance_id, []).append(s)
+        return [self._info(r, by_instance.get(r.id, [])) for r in rows]
+
+    def instance_events(self, instance_id: str) -> list[InstanceEvent]:
+        with self._transaction() as conn:
+            if conn.execute(self.q.instance_inputs, {"p_instance_id": instance_id}).first() is None:
+                raise UnknownInstance(instance_id)
+            rows = conn.execute(self.q.events_of_instance, {"p_instance_id": instance_id}).all()
+        return [
+            InstanceEvent(
+                at=_aware(r.at),  # type: ignore[arg-type]
+                kind=r.kind,
+                step_name=r.step_name,
+                attempt=r.attempt,
+                worker_id=r.worker_id,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        with self._transaction() as conn:
+            rows = conn.execute(self.q.workers_list).all()
+            running = (
+                conn.execute(self.q.steps_running_of_workers, {"p_worker_ids": [r.id for r in rows]}).all()
+                if rows
+                else []
+            )
+        held: dict[str, list[str]] = {}
+        for r in running:
+            held.setdefault(r.worker_id, []).append(f"{r.instance_id}/{r.name}")
+        stale_after = timedelta(seconds=2 * self.lease_seconds)
+        infos = []
+        for r in rows:
+            last = _aware(r.last_heartbeat)
+            now = _aware(r.db_now)
+            infos.append(
+                WorkerInfo(
+                    worker_id=r.id,
+                    host=r.host,
+                    pid=r.pid,
+                    workflows=[f"{k[0]}@{k[1]}" for k in json.loads(r.workflows)],
+                    started_at=_aware(r.started_at),  # type: ignore[arg-type]
+                    last_heartbeat=last,  # type: ignore[arg-type]
+                    stopped_at=_aware(r.stopped_at),
+                    alive=r.stopped_at is None and now - last <= stale_after,  # type: ignore[operator]
+                    current_steps=held.get(r.id, []),
+                )
+            )
+        return infos
+
+    def cancel_instance(self, instance_id: str) -> InstanceInfo:
+        with self._transaction() as conn:
+            locked = conn.execute(self.q.instance_lock, {"p_instance_id": instance_id}).first()
+            if locked is None:
+                raise UnknownInstance(instance_id)
+            if locked.status != Status.RUNNING.value:
+                raise InvalidTransition(
+                    f"instance {instance_id!r} is {locked.status}; only RUNNING instances can be cancelled"
+                )
+            cancelled = conn.execute(self.q.steps_cancel_unfinished, {"p_instance_id": instance_id}).all()
+            conn.execute(
+                self.q.instance_finish,
+                {
+                    "p_instance_id": instance_id,
+                    "p_status": Status.CANCELLED.value,
+                    "p_result": None,
+                    "p_error": None,
+                },
+            )
+            events = [_event(instance_id, "cancelled", r.name, r.attempt) for r in cancelled]
+            events.append(_event(instance_id, "instance_cancelled"))
+            self._append(conn, events)
+        return self.get_instance(instance_id)
+
+    def retry_instance(self, instance_id: str) -> InstanceInfo:
+        with self._transaction() as conn:
+            locked = conn.execute(self.q.instance_lock, {"p_instance_id": instance_id}).first()
+            if locked is None:
+                raise UnknownInstance(instance_id)
+            if locked.status not in (Status.FAILED.value, Status.CANCELLED.value):
+                raise InvalidTransition(
+                    f"instance {instance_id!r} is {locked.status}; only FAILED or CANCELLED "
+                    "instances can be retried"
+                )
+            plan = self._plan(conn, (locked.workflow_id, locked.version))
+            names = list(conn.execute(self.q.steps_broken, {"p_instance_id": instance_id}).scalars())
+            if names:
+                conn.execute(
+                    self.q.step_reset_for_retry,
+                    [
+                        {"p_instance_id": instance_id, "p_name": n, "p_budget": plan.nodes[n].max_attempts}
+                        for n in names
+                    ],
+                )
+            conn.execute(self.q.instance_reopen, {"p_instance_id": instance_id})
+            events = [_event(instance_id, "retried")]
+            order = {name: i for i, name in enumerate(plan.order)}
+            self._advance(conn, instance_id, plan, sorted(names, key=order.__getitem__), events)
+            self._append(conn, events)
+        return self.get_instance(instance_id)
+
+    # -- building results --------------------------------------------------------------------
+    def _info(self, row: Row[Any], step_rows: Sequence[Row[Any]]) -> InstanceInfo:
+        return InstanceInfo(
+            instance_id=row.id,
+            workflow_id=row.workflow_id,
+            version=row.version,
+            status=Status(row.status),
+            inputs=codec.decode(row.inputs),
+            result=codec.decode(row.result),
+            error=row.error,
+            created_at=_aware(row.created_at),  # type: ignore[arg-type]
+            finished_at=_aware(row.finished_at),
+            steps=[
+                StepInfo(
+                    name=s.name,
+                    state=Status(s.state),
+                    attempt=s.attempt,
+                    result=codec.decode(s.result),
+                    error=s.error,
+                    worker_id=s.worker_id,
+                    started_at=_aware(s.started_at),
+                    finished_at=_aware(s.finished_at),
+                    max_attempts=s.max_attempts,
+                )
+                for s in step_rows
+            ],
+        )

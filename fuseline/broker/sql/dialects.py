@@ -1,0 +1,63 @@
+"""Where PostgreSQL and SQLite differ, in one place.
+
+- **Clock.** Leases, availability and timestamps use the database clock so
+  workers with skewed clocks agree. PostgreSQL: ``clock_timestamp()`` (read
+  after any lock is taken, so it orders reports correctly). SQLite stores
+  times as text; fuseline writes them as ``YYYY-MM-DD HH:MM:SS.ffffff`` in
+  UTC, the format SQLAlchemy uses, so text comparison is time comparison.
+- **Claims.** PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` so workers
+  never wait on each other. SQLite has no row locks: every write
+  transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, the
+  others wait on ``busy_timeout``), which makes claims exclusive too.
+- **Insert-or-ignore** for registering a workflow definition once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, func, literal
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.name == "postgresql"
+
+    @property
+    def skip_locked(self) -> bool:
+        """Whether claims lock rows with SKIP LOCKED (else the database serialises writers)."""
+        return self.is_postgresql
+
+    def now(self) -> ColumnElement[Any]:
+        """The database's current time."""
+        if self.is_postgresql:
+            return func.clock_timestamp()
+        return func.strftime(_SQLITE_TIME_FORMAT, "now").concat("000")
+
+    def now_plus(self, seconds: Any) -> ColumnElement[Any]:
+        """The database's current time plus ``seconds`` (a number or bound parameter)."""
+        if self.is_postgresql:
+            return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+        modifier = literal("+").concat(seconds).concat(" seconds")
+        return func.strftime(_SQLITE_TIME_FORMAT, "now", modifier).concat("000")
+
+    def insert_ignoring_conflicts(self, table: Table) -> Insert:
+        """INSERT that does nothing when the primary key already exists."""
+        if self.is_postgresql:
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def dialect_of(name: str) -> Dialect:
+    if name not in ("postgresql", "sqlite"):
+        raise ValueError(f"fuseline supports PostgreSQL and SQLite, not {name!r}")
+    return Dialect(name)

@@ -1,0 +1,135 @@
+"""Opening databases: URLs, engines and the settings each dialect needs.
+
+Passwords never leave this module in clear: every URL shown to a user goes
+through :func:`mask_url`, error texts through :func:`scrub`, and engines are
+created with ``hide_parameters=True`` so SQL errors do not echo values.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from typing import Any
+from urllib.parse import unquote
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import StaticPool
+
+from ...errors import DatabaseError
+
+#: Seconds a SQLite writer waits for the lock before giving up.
+SQLITE_BUSY_TIMEOUT_SECONDS = 60
+#: Seconds to wait for a PostgreSQL connection before reporting it unreachable.
+CONNECT_TIMEOUT_SECONDS = 10
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+_CONFIGURED_SQLITE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def parse_url(url: str | URL) -> URL:
+    """A SQLAlchemy URL with fuseline's drivers: psycopg 3 for PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: {scrub(str(exc), url)}") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        elif parsed.drivername != "postgresql+psycopg":
+            raise DatabaseError(
+                f"use the psycopg 3 driver for PostgreSQL (postgresql+psycopg://...), "
+                f"not {parsed.drivername!r}"
+            )
+    elif backend != "sqlite":
+        raise DatabaseError(
+            f"unsupported database {backend!r} in {mask_url(parsed)!r}: use postgresql+psycopg:// or sqlite:///"
+        )
+    return parsed
+
+
+def mask_url(url: str | URL) -> str:
+    """The URL with its password replaced by ``***``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def scrub(message: str, url: str | URL | None) -> str:
+    """Remove the URL's password (raw and percent-decoded) from a message."""
+    if url is None:
+        return message
+    secrets: set[str] = set()
+    try:
+        parsed = make_url(url)
+        if parsed.password:
+            secrets.add(str(parsed.password))
+    except (ArgumentError, ValueError):
+        pass
+    match = _PASSWORD_IN_URL.search(str(url))
+    if match:
+        raw = str(url)[match.end(1) : match.end() - 1]
+        secrets.update({raw, unquote(raw)})
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
+def create_database_engine(url: str | URL, **options: Any) -> Engine:
+    """An Engine for ``url`` tuned for fuseline's short transactions."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed, **options)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "fuseline"}
+    connect_args.update(options.pop("connect_args", {}))
+    return create_engine(
+        parsed,
+        hide_parameters=True,
+        pool_size=options.pop("pool_size", 5),
+        max_overflow=options.pop("max_overflow", 10),
+        connect_args=connect_args,
+        **options,
+    )
+
+
+def _sqlite_engine(url: URL, **options: Any) -> Engine:
+    in_memory = url.database in (None, "", ":memory:")
+    if in_memory:
+        options.setdefault("poolclass", StaticPool)
+    engine = create_engine(
+        url,
+        hide_parameters=True,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        **options,
+    )
+    configure_sqlite(engine)
+    return engine
+
+
+def configure_sqlite(engine: Engine) -> None:
+    """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction.
+
+    Python's sqlite3 module would otherwise open transactions lazily (at the
+    first write), so two workers could both read a QUEUED step before either
+    writes. Taking the write lock at BEGIN makes each transaction see the
+    database alone, which is what the claim and the join rely on.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # fuseline issues BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

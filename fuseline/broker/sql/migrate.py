@@ -1,0 +1,133 @@
+"""Schema migrations: alembic, configured in code, with the scripts shipped in the package.
+
+The wheel carries the repository's ``migrations/`` as ``fuseline/_migrations``
+so ``fuseline db upgrade`` works after a plain ``pip install``; an editable
+install reads the repository folder directly.
+
+Checking whether a database is current does not import alembic: the
+revision ids are listed here (a test keeps them equal to the scripts), and
+the version is one row in ``fuseline_alembic_version``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from ...errors import DatabaseError, SchemaOutOfDate
+from .models import VERSION_TABLE
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+#: Every revision, oldest first. The last one is what this code expects.
+REVISIONS: tuple[str, ...] = ("0001",)
+HEAD_REVISION = REVISIONS[-1]
+
+#: Serialises concurrent upgrades on PostgreSQL (any constant unique to fuseline).
+_UPGRADE_LOCK_KEY = 0x66757365  # "fuse"
+
+UPGRADE_HINT = "run `fuseline db upgrade`"
+
+
+def migrations_path() -> Path:
+    """The folder holding ``env.py`` and ``versions/``."""
+    package = Path(__file__).resolve().parents[2]
+    shipped = package / "_migrations"
+    if (shipped / "env.py").exists():
+        return shipped
+    repository = package.parent / "migrations"
+    if (repository / "env.py").exists():
+        return repository
+    raise DatabaseError(f"fuseline's migration scripts are missing (looked in {shipped} and {repository})")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The database's revision, or None when fuseline's tables were never created."""
+    has_table = connection.dialect.has_table(connection, VERSION_TABLE)
+    if not has_table:
+        return None
+    row = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).first()  # noqa: S608 - constant name
+    return row[0] if row else None
+
+
+def check_current(engine: Engine) -> None:
+    """Raise SchemaOutOfDate unless the database is exactly at the head revision."""
+    with engine.connect() as connection:
+        revision = current_revision(connection)
+    if revision == HEAD_REVISION:
+        return
+    if revision is None:
+        raise SchemaOutOfDate(f"the database has no fuseline tables: {UPGRADE_HINT}")
+    if revision in REVISIONS:
+        raise SchemaOutOfDate(
+            f"the database is at revision {revision}, behind this fuseline ({HEAD_REVISION}): {UPGRADE_HINT}"
+        )
+    raise SchemaOutOfDate(
+        f"the database is at revision {revision}, which this fuseline does not know "
+        f"(its newest is {HEAD_REVISION}); upgrade fuseline, or {UPGRADE_HINT} with a newer version"
+    )
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate up to ``revision`` in one transaction; concurrent callers wait their turn."""
+    _run(engine, "upgrade", revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate down to ``revision`` (``base`` drops every fuseline table)."""
+    _run(engine, "downgrade", revision)
+
+
+def _run(engine: Engine, direction: str, revision: str) -> None:
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+            getattr(command, direction)(alembic_config(connection), revision)
+    except CommandError as exc:
+        raise DatabaseError(f"cannot {direction} to {revision!r}: {exc}") from None
+    except DBAPIError as exc:
+        raise DatabaseError(f"{direction} failed: {exc.orig}") from None
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    revision: str
+    down_revision: str | None
+    description: str
+    is_head: bool
+
+
+def history() -> list[RevisionInfo]:
+    """The migration scripts, newest first."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config())
+    heads = set(scripts.get_heads())
+    return [
+        RevisionInfo(
+            revision=s.revision,
+            down_revision=s.down_revision if isinstance(s.down_revision, str) else None,
+            description=(s.doc or "").strip(),
+            is_head=s.revision in heads,
+        )
+        for s in scripts.walk_revisions()
+    ]

@@ -1,0 +1,193 @@
+"""The tables of ``SqlBroker`` (prefixed ``fuseline_``), as typed SQLAlchemy models.
+
+JSON values (inputs, results, schemas) are stored as text that fuseline
+writes itself: it round-trips exactly (key order, ``\\u0000``, large
+integers), costs no second parse on PostgreSQL, and reads the same on both
+dialects. Cast with ``::jsonb`` to query them in SQL.
+
+Times come from the database clock (see :mod:`.dialects`), never from a
+worker's clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Set before the first migration so constraint names are the same on every
+#: dialect and autogenerate never churns.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: alembic's version table, namespaced so it never clashes with the application's own.
+VERSION_TABLE = "fuseline_alembic_version"
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Timestamp = DateTime(timezone=True)
+Name = String(200)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class WorkflowRow(Base):
+    """A workflow definition, stored once per (workflow_id, version)."""
+
+    __tablename__ = "fuseline_workflows"
+
+    workflow_id: Mapped[str] = mapped_column(Name, primary_key=True)
+    version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    schema_hash: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("CURRENT_TIMESTAMP"))
+
+
+class InstanceRow(Base):
+    """One run of a workflow; its status moves RUNNING -> SUCCEEDED | FAILED | CANCELLED once."""
+
+    __tablename__ = "fuseline_instances"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workflow_id", "version"],
+            ["fuseline_workflows.workflow_id", "fuseline_workflows.version"],
+        ),
+        Index("ix_fuseline_instances_created_at", "created_at"),
+        Index("ix_fuseline_instances_status_created_at", "status", "created_at"),
+        Index("ix_fuseline_instances_workflow_id_created_at", "workflow_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(Name)
+    version: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    inputs: Mapped[str] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class StepRow(Base):
+    """One step of one instance: its state, lease, attempts and result.
+
+    ``workflow_id``/``version`` repeat the instance's so the claim reads one
+    table. ``attempt`` counts claims and only grows; a report must name the
+    holder (``worker_id``) and the attempt to be accepted.
+    """
+
+    __tablename__ = "fuseline_steps"
+    __table_args__ = (
+        # One row per step of an instance; also serves "all steps of an instance".
+        UniqueConstraint("instance_id", "name"),
+        # The claim: oldest QUEUED step of a workflow. Partial, so its size
+        # follows the queue, not the history.
+        Index(
+            "ix_fuseline_steps_queued",
+            "workflow_id",
+            "version",
+            "id",
+            postgresql_where=text("state = 'QUEUED'"),
+            sqlite_where=text("state = 'QUEUED'"),
+        ),
+        # The reaper: RUNNING steps whose lease expired.
+        Index(
+            "ix_fuseline_steps_running_lease",
+            "lease_expires_at",
+            postgresql_where=text("state = 'RUNNING'"),
+            sqlite_where=text("state = 'RUNNING'"),
+        ),
+        # keep_alive and deregistration: the steps a worker holds.
+        Index(
+            "ix_fuseline_steps_running_worker",
+            "worker_id",
+            postgresql_where=text("state = 'RUNNING'"),
+            sqlite_where=text("state = 'RUNNING'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("fuseline_instances.id", ondelete="CASCADE")
+    )
+    workflow_id: Mapped[str] = mapped_column(Name)
+    version: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(Name)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    result: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The branch action the result chose (None: default edges).
+    action: Mapped[str | None] = mapped_column(Name)
+    #: JSON list of the predecessors whose results the step receives, fixed when it is queued.
+    inputs_from: Mapped[str | None] = mapped_column(Text)
+    worker_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    #: The worker whose report set the final state; replays are checked against it.
+    reported_by: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    available_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class WorkerRow(Base):
+    """A registered worker process. Its id is never reused, so it is a safe lease holder."""
+
+    __tablename__ = "fuseline_workers"
+
+    id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    #: JSON list of [workflow_id, version] pairs the worker runs.
+    workflows: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_heartbeat: Mapped[datetime] = mapped_column(Timestamp)
+    stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class EventRow(Base):
+    """Append-only history of an instance: dispatched, claimed, succeeded, lease_expired, ..."""
+
+    __tablename__ = "fuseline_events"
+    __table_args__ = (Index("ix_fuseline_events_instance_id_id", "instance_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    instance_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("fuseline_instances.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(Timestamp)
+    kind: Mapped[str] = mapped_column(String(32))
+    step_name: Mapped[str | None] = mapped_column(Name)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    worker_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+workflows = WorkflowRow.__table__
+instances = InstanceRow.__table__
+steps = StepRow.__table__
+workers = WorkerRow.__table__
+events = EventRow.__table__
