@@ -153,6 +153,10 @@ class Broker(ABC):
 
     # -- workers ---------------------------------------------------------------------
     @abstractmethod
+    def register_workflows(self, schemas: Sequence[WorkflowSchema]) -> None:
+        """Store workflow definitions; SchemaConflict if one changed under the same id and version."""
+
+    @abstractmethod
     def register_worker(
         self,
         schemas: Sequence[WorkflowSchema],
@@ -211,6 +215,14 @@ class Broker(ABC):
     @abstractmethod
     def instance_events(self, instance_id: str) -> list[InstanceEvent]:
         """The instance's history, oldest first."""
+
+    @abstractmethod
+    def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
+        """Whether any instance (of these ``(workflow_id, version)`` pairs) is still RUNNING.
+
+        A burst worker stops only when this is false: an empty queue alone
+        does not mean the work is done while other workers hold steps.
+        """
 
     @abstractmethod
     def list_workers(self) -> list[WorkerInfo]:

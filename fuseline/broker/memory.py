@@ -142,6 +142,19 @@ class MemoryBroker(Broker):
         return plan
 
     # -- workers -----------------------------------------------------------------------
+    def register_workflows(self, schemas: Sequence[WorkflowSchema]) -> None:
+        with self._lock:
+            self._check_schemas(schemas)
+            for schema in schemas:
+                self._store_schema(schema)
+
+    def _check_schemas(self, schemas: Sequence[WorkflowSchema]) -> None:
+        """Refuse the whole batch before storing any of it."""
+        for schema in schemas:
+            known = self._plans.get(schema.key)
+            if known is not None and known.hash != schema.hash:
+                raise SchemaConflict(schema.workflow_id, schema.version)
+
     def register_worker(
         self,
         schemas: Sequence[WorkflowSchema],
@@ -150,12 +163,7 @@ class MemoryBroker(Broker):
         pid: int | None = None,
     ) -> str:
         with self._lock:
-            for schema in schemas:  # check all before storing any
-                known = self._plans.get(schema.key)
-                if known is not None and known.hash != schema.hash:
-                    raise SchemaConflict(schema.workflow_id, schema.version)
-            for schema in schemas:
-                self._store_schema(schema)
+            self.register_workflows(schemas)
             now = _utcnow()
             worker = _Worker(
                 worker_id=str(uuid.uuid4()),
@@ -422,6 +430,14 @@ class MemoryBroker(Broker):
     def instance_events(self, instance_id: str) -> list[InstanceEvent]:
         with self._lock:
             return list(self._instance(instance_id).events)
+
+    def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
+        wanted = set(workflows) if workflows is not None else None
+        with self._lock:
+            return any(
+                i.status is Status.RUNNING and (wanted is None or (i.workflow_id, i.version) in wanted)
+                for i in self._instances.values()
+            )
 
     def list_workers(self) -> list[WorkerInfo]:
         with self._lock:

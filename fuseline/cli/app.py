@@ -7,6 +7,12 @@ from typing import Annotated
 import typer
 
 from .._version import __version__
+from .common import DATABASE_ENV, Settings
+from .db import db_app
+from .instances import instances_app
+from .submit import submit
+from .worker import worker_app
+from .workers import workers_app
 
 app = typer.Typer(
     name="fuseline",
@@ -14,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -25,6 +32,18 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar=DATABASE_ENV,
+            show_envvar=True,
+            metavar="URL",
+            help="postgresql+psycopg://user@host/db or sqlite:///file.db "
+            "[default: sqlite:///fuseline.db in this folder]",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
@@ -32,10 +51,20 @@ def root(
 ) -> None:
     """Durable workflow orchestration on a SQL database.
 
-    Workflows are DAGs of Python steps; workers on any number of machines
+    Workflows are DAGs of Python steps. Workers on any number of machines
     claim ready steps from PostgreSQL (or the embedded SQLite default), run
     them and report back.
+
+    Example: fuseline submit my_app.flows:etl --input day=2026-11-25 --wait
     """
+    ctx.obj = Settings(database_url=database_url)
+
+
+app.add_typer(db_app, name="db")
+app.add_typer(worker_app, name="worker")
+app.command("submit")(submit)
+app.add_typer(instances_app, name="instances")
+app.add_typer(workers_app, name="workers")
 
 
 def main() -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from ..broker.base import StepAssignment
 from ..clients import BrokerClient
-from ..errors import BrokerError, LeaseLost
+from ..errors import BrokerError, DatabaseError, LeaseLost
 from ..workflow.workflow import Workflow
 from .assignment import run_assignment
 
 logger = logging.getLogger("fuseline.worker")
+T = TypeVar("T")
 
 #: Heartbeat period when the broker's lease length is unknown.
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: Waits between attempts while the database is unreachable: doubling up to the last.
+RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class ProcessEngine:
@@ -53,12 +57,20 @@ class ProcessEngine:
         self._closed = False
 
     # -- the loop ------------------------------------------------------------------------
-    def work(self, block: bool = False, poll_interval: float = 0.5, max_steps: int | None = None) -> int:
+    def work(
+        self,
+        block: bool = False,
+        poll_interval: float = 0.5,
+        max_steps: int | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> int:
         """Claim, run and report steps; returns how many ran.
 
         ``block=False`` returns as soon as nothing is ready; ``block=True``
-        waits ``poll_interval`` seconds between empty polls until ``stop()``.
-        ``max_steps`` stops after that many steps.
+        waits ``poll_interval`` seconds between empty polls until ``stop()``,
+        or until ``until()`` returns true after an empty poll (a burst worker
+        passes "no instance is running any more"). ``max_steps`` stops after
+        that many steps.
         """
         self._stopping.clear()
         beat_stop = threading.Event()
@@ -69,9 +81,11 @@ class ProcessEngine:
         ran = 0
         try:
             while not self._stopping.is_set():
-                assignment = self.client.get_step(self.worker_id)
+                assignment = self._retrying(
+                    "claim a step", lambda: self.client.get_step(self.worker_id), stoppable=True
+                )
                 if assignment is None:
-                    if not block:
+                    if not block or (until is not None and until()):
                         break
                     self._stopping.wait(poll_interval)
                     continue
@@ -132,11 +146,37 @@ class ProcessEngine:
             )
             return True
         try:
-            self.client.report_step(self.worker_id, report)
+            # A report is idempotent (an exact replay is accepted), so it is
+            # safe to send again when the connection dropped mid-commit.
+            self._retrying("report", lambda: self.client.report_step(self.worker_id, report), stoppable=False)
         except LeaseLost as exc:
             logger.warning("%s", exc)
         self.steps_run += 1
         return True
+
+    def _retrying(self, what: str, call: Callable[[], T], *, stoppable: bool) -> T | None:
+        """Call ``call``, waiting out database outages with growing pauses.
+
+        Only :class:`~fuseline.errors.DatabaseError` (connection lost,
+        server restarting) is retried; anything else is a real answer. A
+        ``stoppable`` call gives up (returns None) when ``stop()`` is asked
+        during the outage; a report never gives up, since a result is not
+        to be lost while the worker can still deliver it.
+        """
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except DatabaseError as exc:
+                delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
+                failures += 1
+                logger.warning("database unavailable (%s failed: %s); retrying in %.1fs", what, exc, delay)
+                if self._stopping.wait(delay) and stoppable:
+                    return None
+                continue
+            if failures:
+                logger.info("database reachable again after %d failed attempts", failures)
+            return result
 
     def _heartbeat(self, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat_interval):

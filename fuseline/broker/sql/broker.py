@@ -127,7 +127,7 @@ class SqlBroker(Broker):
         self._next_reap = 0.0
         try:
             if migrate:
-                schema_migrations.upgrade(self.engine)
+                schema_migrations.ensure_current(self.engine)
             else:
                 schema_migrations.check_current(self.engine)
         except DBAPIError as exc:
@@ -157,12 +157,21 @@ class SqlBroker(Broker):
             raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
 
     # -- definitions ---------------------------------------------------------------------
-    def _store_schemas(self, conn: Connection, schemas: Iterable[WorkflowSchema]) -> None:
+    def _store_schemas(
+        self, conn: Connection, schemas: Iterable[WorkflowSchema]
+    ) -> dict[tuple[str, str], WorkflowPlan]:
+        """Insert new definitions, refusing changed ones; returns the plans of all of them.
+
+        The caller caches the plans only after its transaction commits, so a
+        rolled-back registration leaves no trace in this process either.
+        """
+        plans: dict[tuple[str, str], WorkflowPlan] = {}
         for schema in schemas:
             known = self._plans.get(schema.key)
             if known is not None:
                 if known.hash != schema.hash:
                     raise SchemaConflict(schema.workflow_id, schema.version)
+                plans[schema.key] = known
                 continue
             conn.execute(
                 self.q.workflow_insert,
@@ -178,7 +187,8 @@ class SqlBroker(Broker):
             ).one()
             if stored.schema_hash != schema.hash:
                 raise SchemaConflict(schema.workflow_id, schema.version)
-            self._plans[schema.key] = WorkflowPlan(schema)
+            plans[schema.key] = WorkflowPlan(schema)
+        return plans
 
     def _plan(self, conn: Connection, key: tuple[str, str]) -> WorkflowPlan:
         plan = self._plans.get(key)
@@ -191,6 +201,11 @@ class SqlBroker(Broker):
         return plan
 
     # -- workers ---------------------------------------------------------------------------
+    def register_workflows(self, schemas: Sequence[WorkflowSchema]) -> None:
+        with self._transaction() as conn:
+            plans = self._store_schemas(conn, schemas)
+        self._plans.update(plans)
+
     def register_worker(
         self,
         schemas: Sequence[WorkflowSchema],
@@ -201,7 +216,7 @@ class SqlBroker(Broker):
         worker_id = str(uuid.uuid4())
         keys = [s.key for s in schemas]
         with self._transaction() as conn:
-            self._store_schemas(conn, schemas)
+            plans = self._store_schemas(conn, schemas)
             conn.execute(
                 self.q.worker_insert,
                 {
@@ -211,6 +226,7 @@ class SqlBroker(Broker):
                     "workflows": json.dumps([list(k) for k in keys]),
                 },
             )
+        self._plans.update(plans)
         self._worker_keys[worker_id] = keys
         return worker_id
 
@@ -486,8 +502,8 @@ class SqlBroker(Broker):
         encoded = [codec.encode_inputs(i) for i in inputs]
         ids = [str(uuid.uuid4()) for _ in encoded]
         with self._transaction() as conn:
-            self._store_schemas(conn, [schema])
-            plan = self._plans[schema.key]
+            plans = self._store_schemas(conn, [schema])
+            plan = plans[schema.key]
             roots = set(plan.roots)
             instance_rows, queued_rows, pending_rows, event_rows = [], [], [], []
             for instance_id, text in zip(ids, encoded, strict=True):
@@ -519,6 +535,7 @@ class SqlBroker(Broker):
                 if pending_rows:
                     conn.execute(self.q.steps_insert_pending, pending_rows)
                 self._append(conn, event_rows)
+        self._plans.update(plans)
         return ids
 
     def get_instance(self, instance_id: str) -> InstanceInfo:
@@ -572,6 +589,17 @@ class SqlBroker(Broker):
             )
             for r in rows
         ]
+
+    def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
+        query = self.q.instance_any_running
+        params: dict[str, Any] = {}
+        if workflows is not None:
+            if not workflows:
+                return False
+            query = self.q.instance_any_running_of
+            params["p_keys"] = list(workflows)
+        with self._transaction() as conn:
+            return conn.execute(query, params).first() is not None
 
     def list_workers(self) -> list[WorkerInfo]:
         with self._transaction() as conn:

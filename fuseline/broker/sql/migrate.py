@@ -83,6 +83,14 @@ def check_current(engine: Engine) -> None:
     )
 
 
+def ensure_current(engine: Engine) -> None:
+    """Upgrade to head unless already there (without importing alembic when it is)."""
+    with engine.connect() as connection:
+        if current_revision(connection) == HEAD_REVISION:
+            return
+    upgrade(engine)
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate up to ``revision`` in one transaction; concurrent callers wait their turn."""
     _run(engine, "upgrade", revision)

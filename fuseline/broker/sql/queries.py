@@ -104,6 +104,17 @@ class Queries:
             .values(status=RUNNING, result=None, error=None, finished_at=None, updated_at=now)
         )
         self.instance_get: Select = select(instances).where(instances.c.id == bindparam("p_instance_id"))
+        self.instance_any_running: Select = (
+            select(instances.c.id).where(instances.c.status == RUNNING).limit(1)
+        )
+        self.instance_any_running_of: Select = (
+            select(instances.c.id)
+            .where(
+                instances.c.status == RUNNING,
+                tuple_(instances.c.workflow_id, instances.c.version).in_(bindparam("p_keys", expanding=True)),
+            )
+            .limit(1)
+        )
 
         # -- steps: creating and claiming -------------------------------------------------
         #: New steps: roots are QUEUED and available at once, the rest wait PENDING.

@@ -1,0 +1,133 @@
+"""What every command shares: the database setting, opening the broker, errors, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from ..errors import FuselineError
+
+#: The embedded database used when neither --database-url nor FUSELINE_DATABASE_URL is given.
+DEFAULT_DATABASE_URL = "sqlite:///fuseline.db"
+DATABASE_ENV = "FUSELINE_DATABASE_URL"
+
+# Piped output (logs, CI, `| less`) gets wide tables instead of 80 wrapped columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+@dataclass
+class Settings:
+    """Options of the root command, handed to subcommands through the typer context."""
+
+    database_url: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.database_url or os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+
+
+def settings(ctx: typer.Context) -> Settings:
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one line on stderr and exit with ``code`` (1: failure, 2: usage)."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn fuseline's errors into one clear line and exit code 1, never a traceback."""
+    try:
+        yield
+    except FuselineError as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def open_broker(ctx: typer.Context, *, lease_seconds: float | None = None):
+    """The SqlBroker of the configured database.
+
+    SQLite databases (the embedded default included) are created and
+    upgraded on first use; PostgreSQL must be upgraded with ``fuseline db
+    upgrade`` by its owner.
+    """
+    from ..broker.sql import SqlBroker
+    from ..broker.sql.engine import parse_url
+
+    url = settings(ctx).url
+    with user_errors():
+        parsed = parse_url(url)
+        options: dict[str, Any] = {"migrate": parsed.get_backend_name() == "sqlite"}
+        if lease_seconds is not None:
+            options["lease_seconds"] = lease_seconds
+        return SqlBroker(url, **options)
+
+
+def masked_url(ctx: typer.Context) -> str:
+    from ..broker.sql.engine import mask_url
+
+    return mask_url(settings(ctx).url)
+
+
+def print_json(value: Any) -> None:
+    """Machine-readable output: JSON only, on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if hasattr(value, "value"):
+        return value.value
+    raise TypeError(f"cannot show {type(value).__name__} as JSON")
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+
+
+def when(value: datetime | None) -> str:
+    """A timestamp for tables: UTC, to the second."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "-"
+    seconds = ((end or datetime.now(timezone.utc)) - start).total_seconds()
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+STATUS_STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "RUNNING": "cyan",
+    "QUEUED": "blue",
+    "SKIPPED": "dim",
+    "PENDING": "dim",
+}
+
+
+def styled(status: object) -> str:
+    text = str(status)
+    style = STATUS_STYLE.get(text)
+    return f"[{style}]{text}[/]" if style else text

@@ -1,0 +1,211 @@
+"""``fuseline instances``: list, show, cancel and retry workflow instances."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..broker.base import InstanceEvent, InstanceInfo, StepInfo
+from ..states import INSTANCE_STATES, Status
+from .common import console, duration, iso, open_broker, print_json, styled, user_errors, when
+
+instances_app = typer.Typer(help="List, show, cancel and retry workflow instances.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")]
+
+
+def instance_json(info: InstanceInfo) -> dict[str, Any]:
+    return {
+        "instance_id": info.instance_id,
+        "workflow_id": info.workflow_id,
+        "version": info.version,
+        "status": info.status.value,
+        "created_at": iso(info.created_at),
+        "finished_at": iso(info.finished_at),
+        "steps_done": info.steps_done,
+        "steps_total": len(info.steps),
+        "error": info.error,
+    }
+
+
+def step_json(step: StepInfo) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "state": step.state.value,
+        "attempt": step.attempt,
+        "max_attempts": step.max_attempts,
+        "worker_id": step.worker_id,
+        "started_at": iso(step.started_at),
+        "finished_at": iso(step.finished_at),
+        "result": step.result,
+        "error": step.error,
+    }
+
+
+def event_json(event: InstanceEvent) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "kind": event.kind,
+        "step": event.step_name,
+        "attempt": event.attempt,
+        "worker_id": event.worker_id,
+        "detail": event.detail,
+    }
+
+
+@instances_app.command("list")
+def list_(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status: RUNNING, SUCCEEDED, FAILED or CANCELLED.")
+    ] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only instances of this workflow id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many of the newest first.")] = 0,
+    json_output: JsonFlag = False,
+) -> None:
+    """List instances, newest first.
+
+    Example: fuseline instances list --status FAILED --limit 10
+    """
+    wanted = None
+    if status is not None:
+        wanted = status.upper()
+        if wanted not in {s.value for s in INSTANCE_STATES}:
+            raise typer.BadParameter(
+                f"{status!r} is not one of RUNNING, SUCCEEDED, FAILED, CANCELLED", param_hint="--status"
+            )
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            found = broker.list_instances(status=wanted, workflow_id=workflow, limit=limit, offset=offset)
+    finally:
+        broker.close()
+    if json_output:
+        print_json([instance_json(i) for i in found])
+        return
+    if not found:
+        console.print("no instances")
+        return
+    table = Table("instance", "workflow", "status", "steps", "created (UTC)", "duration")
+    for info in found:
+        table.add_row(
+            info.instance_id,
+            f"{info.workflow_id}@{info.version}",
+            styled(info.status),
+            f"{info.steps_done}/{len(info.steps)}",
+            when(info.created_at),
+            duration(info.created_at, info.finished_at),
+        )
+    console.print(table)
+
+
+@instances_app.command()
+def show(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
+    json_output: JsonFlag = False,
+) -> None:
+    """Show an instance: inputs, result, every step and the event history.
+
+    Example: fuseline instances show 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
+    """
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            info = broker.get_instance(_checked_id(instance_id))
+            events = broker.instance_events(info.instance_id)
+    finally:
+        broker.close()
+    if json_output:
+        print_json(
+            {
+                **instance_json(info),
+                "inputs": info.inputs,
+                "result": info.result,
+                "steps": [step_json(s) for s in info.steps],
+                "events": [event_json(e) for e in events],
+            }
+        )
+        return
+    console.print(
+        f"[bold]{info.instance_id}[/]  {info.workflow_id}@{info.version}  {styled(info.status)}  "
+        f"created {when(info.created_at)}  duration {duration(info.created_at, info.finished_at)}",
+        highlight=False,
+    )
+    console.print(f"inputs: {json.dumps(info.inputs, ensure_ascii=False)}", highlight=False, markup=False)
+    if info.status is Status.SUCCEEDED:
+        console.print(f"result: {json.dumps(info.result, ensure_ascii=False)}", highlight=False, markup=False)
+    if info.error:
+        console.print(f"error: {info.error}", style="red", highlight=False, markup=False)
+    steps = Table("step", "state", "attempt", "worker", "started", "finished", "error", title="steps")
+    for s in info.steps:
+        steps.add_row(
+            s.name,
+            styled(s.state),
+            f"{s.attempt}/{s.max_attempts}",
+            (s.worker_id or "-")[:8],
+            when(s.started_at),
+            when(s.finished_at),
+            (s.error or "").splitlines()[0] if s.error else "",
+        )
+    console.print(steps)
+    history = Table("at (UTC)", "event", "step", "attempt", "worker", title="events")
+    for e in events:
+        history.add_row(when(e.at), e.kind, e.step_name or "", str(e.attempt or ""), (e.worker_id or "")[:8])
+    console.print(history)
+
+
+@instances_app.command()
+def cancel(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
+) -> None:
+    """Cancel a RUNNING instance: steps not finished end CANCELLED; late reports are refused.
+
+    Example: fuseline instances cancel 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
+    """
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            info = broker.cancel_instance(_checked_id(instance_id))
+    finally:
+        broker.close()
+    console.print(f"instance {info.instance_id} {styled(info.status)}", highlight=False)
+
+
+@instances_app.command()
+def retry(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
+) -> None:
+    """Run a FAILED or CANCELLED instance again from its failed and cancelled steps.
+
+    Example: fuseline instances retry 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
+    """
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            info = broker.retry_instance(_checked_id(instance_id))
+    finally:
+        broker.close()
+    queued = [s.name for s in info.steps if s.state is Status.QUEUED]
+    console.print(
+        f"instance {info.instance_id} {styled(info.status)} again; queued: {', '.join(queued) or '-'}",
+        highlight=False,
+    )
+
+
+def _checked_id(instance_id: str) -> str:
+    """Instance ids are UUIDs; anything else cannot exist (and must not reach SQL as a bad cast)."""
+    import uuid
+
+    from ..errors import UnknownInstance
+
+    try:
+        return str(uuid.UUID(instance_id))
+    except ValueError:
+        raise UnknownInstance(instance_id) from None

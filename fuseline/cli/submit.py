@@ -1,0 +1,105 @@
+"""``fuseline submit``: start an instance of a workflow, optionally waiting for it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from ..states import Status
+from .common import err_console, fail, open_broker, user_errors
+from .loading import load_workflow
+
+#: Seconds between status polls while waiting.
+WAIT_POLL_SECONDS = 0.2
+
+
+def parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
+    """Build the inputs object: ``--inputs-json`` first, then each ``--input k=v`` over it.
+
+    A value is read as JSON when it is valid JSON (``n=3`` is the number 3,
+    ``tags=["a"]`` a list) and taken as a plain string otherwise.
+    """
+    inputs: dict[str, Any] = {}
+    if inputs_json is not None:
+        try:
+            parsed = json.loads(inputs_json)
+        except ValueError as exc:
+            raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--inputs-json") from None
+        if not isinstance(parsed, dict):
+            raise typer.BadParameter(
+                f"must be a JSON object, got {type(parsed).__name__}", param_hint="--inputs-json"
+            )
+        inputs.update(parsed)
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--input")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        inputs[name.strip()] = value
+    return inputs
+
+
+def submit(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW", help="The workflow to start.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", metavar="NAME=VALUE", help="An input; VALUE is parsed as JSON if it can be."
+        ),
+    ] = None,
+    inputs_json: Annotated[
+        str | None, typer.Option("--inputs-json", metavar="JSON", help="All inputs as one JSON object.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the instance to finish.")] = False,
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="With --wait: give up after this many seconds (exit 1).")
+    ] = None,
+) -> None:
+    """Start an instance of a workflow and print its id (alone on stdout).
+
+    With --wait, show progress on stderr until the instance ends: exit 0 and
+    print its result (JSON) when it SUCCEEDED, exit 1 with the failing
+    step's error when it FAILED or was CANCELLED.
+
+    Example: fuseline submit my_app.flows:etl --input day=2026-11-25 --input limit=100 --wait
+    """
+    values = parse_inputs(inputs or [], inputs_json)
+    target = load_workflow(workflow)
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            instance_id = target.dispatch(broker, values)
+        sys.stdout.write(instance_id + "\n")
+        sys.stdout.flush()
+        if wait:
+            _wait(broker, instance_id, timeout)
+    finally:
+        broker.close()
+
+
+def _wait(broker: Any, instance_id: str, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with user_errors(), err_console.status(f"instance {instance_id} running") as status:
+        while True:
+            info = broker.get_instance(instance_id)
+            status.update(
+                f"instance {instance_id}: {info.status}, {info.steps_done}/{len(info.steps)} steps done"
+            )
+            if info.status is not Status.RUNNING:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                fail(f"timed out after {timeout:g}s; instance {instance_id} is still RUNNING")
+            time.sleep(WAIT_POLL_SECONDS)
+    if info.status is Status.SUCCEEDED:
+        err_console.print(f"instance {instance_id} [green]SUCCEEDED[/]", highlight=False)
+        sys.stdout.write(json.dumps(info.result, ensure_ascii=False) + "\n")
+        return
+    fail(f"instance {instance_id} {info.status}: {info.error or 'cancelled'}")

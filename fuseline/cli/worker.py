@@ -1,0 +1,205 @@
+"""``fuseline worker run``: worker processes that claim, run and report steps."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from ..workflow.workflow import Workflow
+from .common import masked_url, open_broker, settings, user_errors
+from .loading import load_workflow
+
+worker_app = typer.Typer(help="Run worker processes.", no_args_is_help=True)
+
+logger = logging.getLogger("fuseline.worker")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    url: str
+    specs: tuple[str, ...]
+    lease_seconds: float
+    poll_interval: float
+    burst: bool
+    log_level: str
+
+
+@worker_app.command("run")
+def run(
+    ctx: typer.Context,
+    workflows: Annotated[
+        list[str],
+        typer.Argument(metavar="MODULE:WORKFLOW...", help="Workflows to run, e.g. my_app.flows:etl."),
+    ],
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="Worker processes to start.")
+    ] = 1,
+    burst: Annotated[
+        bool, typer.Option("--burst", help="Exit (code 0) once no instance of these workflows is running.")
+    ] = False,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(min=0.1, help="How long a claimed step stays reserved without a heartbeat."),
+    ] = 30.0,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.001, help="Seconds between polls when no step is ready.")
+    ] = 0.5,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run worker processes for one or more workflows until stopped.
+
+    Each process claims ready steps, runs them and reports back, logging one
+    line per step. SIGTERM or Ctrl-C stops gracefully: the step in hand is
+    finished and reported, then the worker exits 0. A second signal stops at
+    once and hands the step back to the queue for another worker.
+
+    Example: fuseline worker run my_app.flows:etl --concurrency 4
+    """
+    level = log_level.upper()
+    if level not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
+        )
+    loaded = [load_workflow(spec) for spec in workflows]
+    # Check the database and the definitions once, before any process starts.
+    broker = open_broker(ctx, lease_seconds=lease_seconds)
+    try:
+        with user_errors():
+            broker.register_workflows([wf.to_schema() for wf in loaded])
+    finally:
+        broker.close()
+    options = WorkerOptions(
+        url=settings(ctx).url,
+        specs=tuple(workflows),
+        lease_seconds=lease_seconds,
+        poll_interval=poll_interval,
+        burst=burst,
+        log_level=level,
+    )
+    configure_logging(level)
+    logger.info(
+        "starting %d worker process%s for %s on %s",
+        concurrency,
+        "" if concurrency == 1 else "es",
+        ", ".join(f"{wf.workflow_id}@{wf.version}" for wf in loaded),
+        masked_url(ctx),
+    )
+    if concurrency == 1:
+        raise typer.Exit(work_in_this_process(options, loaded))
+    raise typer.Exit(supervise(options, concurrency))
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [pid %(process)d] %(message)s",
+        force=True,
+    )
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | None = None) -> int:
+    """One worker: register, work until stopped (or idle, with --burst), deregister.
+
+    Returns the exit code: 0 after a graceful stop, 130 after an immediate one.
+    """
+    from ..broker.sql import SqlBroker
+    from ..broker.sql.engine import parse_url
+    from ..clients import LocalBrokerClient
+    from ..engines.process import ProcessEngine
+    from ..errors import FuselineError
+
+    if workflows is None:
+        workflows = [load_workflow(spec) for spec in options.specs]
+    configure_logging(options.log_level)
+    try:
+        migrate = parse_url(options.url).get_backend_name() == "sqlite"
+        broker = SqlBroker(options.url, lease_seconds=options.lease_seconds, migrate=migrate)
+        engine = ProcessEngine(LocalBrokerClient(broker), workflows)
+    except FuselineError as exc:
+        logger.error("%s", exc)
+        return 1
+    keys = [(wf.workflow_id, wf.version) for wf in workflows]
+    signals = 0
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            logger.info(
+                "%s received: finishing the step in hand, then stopping (signal again to stop at once)",
+                signal.Signals(signum).name,
+            )
+            engine.stop()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("worker %s started (pid %d)", engine.worker_id, os.getpid())
+    code = 0
+    try:
+        idle = (lambda: not broker.has_running_instances(keys)) if options.burst else None
+        engine.work(block=True, poll_interval=options.poll_interval, until=idle)
+    except KeyboardInterrupt:
+        logger.warning("stopping at once: the step in hand goes back to the queue")
+        code = 130
+    except FuselineError as exc:
+        logger.error("worker %s stopped: %s", engine.worker_id, exc)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            engine.close()
+        except FuselineError as exc:
+            logger.warning("could not mark worker %s stopped: %s", engine.worker_id, exc)
+        broker.close()
+    logger.info("worker %s stopped after %d steps", engine.worker_id, engine.steps_run)
+    return code
+
+
+def _child(options: WorkerOptions) -> None:
+    # Ctrl-C reaches the whole process group; the supervisor forwards it as
+    # SIGTERM, so children listen to SIGTERM only and never count one twice.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(work_in_this_process(options))
+
+
+def supervise(options: WorkerOptions, concurrency: int) -> int:
+    """Start ``concurrency`` worker processes and pass stop signals on to them."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    children = [
+        context.Process(target=_child, args=(options,), name=f"fuseline-worker-{n}")
+        for n in range(concurrency)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+    codes = [child.exitcode or 0 for child in children]
+    failed = [(c.pid, code) for c, code in zip(children, codes, strict=True) if code not in (0, 130)]
+    for pid, code in failed:
+        logger.error("worker process %s exited with code %s", pid, code)
+    if failed:
+        return 1
+    return 130 if 130 in codes else 0
