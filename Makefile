@@ -16,7 +16,7 @@ install: $(STAMP)
 
 ## demo: run a multi-step workflow with workers and show the result
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	examples/demo.sh
 
 ## test: lint, then the whole test suite (PostgreSQL found or started automatically)
 test: $(STAMP)
