@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -48,6 +47,7 @@ from .base import (
     WorkerInfo,
 )
 from .dag import Progress, StepView, WorkflowPlan
+from .ids import new_id
 from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 
 
@@ -166,7 +166,7 @@ class MemoryBroker(Broker):
             self.register_workflows(schemas)
             now = _utcnow()
             worker = _Worker(
-                worker_id=str(uuid.uuid4()),
+                worker_id=new_id(),
                 host=host or socket.gethostname(),
                 pid=pid if pid is not None else os.getpid(),
                 keys=[s.key for s in schemas],
@@ -384,7 +384,7 @@ class MemoryBroker(Broker):
         with self._lock:
             plan = self._store_schema(schema)
             instance = _Instance(
-                instance_id=str(uuid.uuid4()),
+                instance_id=new_id(),
                 workflow_id=schema.workflow_id,
                 version=schema.version,
                 plan=plan,

@@ -16,7 +16,6 @@ from .workers import workers_app
 
 app = typer.Typer(
     name="fuseline",
-    help="Durable workflow orchestration on a SQL database.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import FuselineError
 
@@ -45,7 +46,9 @@ def settings(ctx: typer.Context) -> Settings:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line on stderr and exit with ``code`` (1: failure, 2: usage)."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # The message is text, not markup (errors quote paths like "[/tmp/x]"), and
+    # stays one line however long it is.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -125,6 +128,11 @@ STATUS_STYLE = {
     "SKIPPED": "dim",
     "PENDING": "dim",
 }
+
+
+def plain(text: object) -> str:
+    """Text a user chose (names, errors, URLs), escaped so rich shows it verbatim."""
+    return escape(str(text))
 
 
 def styled(status: object) -> str:

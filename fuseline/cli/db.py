@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, fail, masked_url, print_json, settings, user_errors
+from .common import console, fail, masked_url, plain, print_json, settings, user_errors
 
 db_app = typer.Typer(
-    help="Create, migrate and inspect fuseline's tables.",
+    help="Create, migrate and inspect fuseline's tables.\n\nExample: fuseline db upgrade",
     no_args_is_help=True,
 )
 
@@ -60,10 +60,10 @@ def upgrade(
         migrate.upgrade(engine, revision)  # type: ignore[arg-type]
         after = _current(engine)
     if before == after:
-        console.print(f"{masked_url(ctx)} is already at revision {after}", highlight=False)
+        console.print(f"{plain(masked_url(ctx))} is already at revision {after}", highlight=False)
     else:
         console.print(
-            f"upgraded {masked_url(ctx)} from {before or 'an empty database'} to revision {after}",
+            f"upgraded {plain(masked_url(ctx))} from {before or 'an empty database'} to revision {after}",
             highlight=False,
         )
 
@@ -84,7 +84,7 @@ def downgrade(
         migrate.downgrade(engine, revision)  # type: ignore[arg-type]
         after = _current(engine)
     console.print(
-        f"downgraded {masked_url(ctx)} from {before or 'an empty database'} to {after or 'base'}",
+        f"downgraded {plain(masked_url(ctx))} from {before or 'an empty database'} to {after or 'base'}",
         highlight=False,
     )
 
@@ -101,7 +101,7 @@ def current(ctx: typer.Context) -> None:
         revision = _current(engine)
     if revision is None:
         console.print(
-            f"{masked_url(ctx)} has no fuseline tables (run `fuseline db upgrade`)", highlight=False
+            f"{plain(masked_url(ctx))} has no fuseline tables (run `fuseline db upgrade`)", highlight=False
         )
         raise typer.Exit(1)
     note = "up to date" if revision == HEAD_REVISION else f"behind {HEAD_REVISION}: run `fuseline db upgrade`"

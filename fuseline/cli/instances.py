@@ -10,9 +10,13 @@ from rich.table import Table
 
 from ..broker.base import InstanceEvent, InstanceInfo, StepInfo
 from ..states import INSTANCE_STATES, Status
-from .common import console, duration, iso, open_broker, print_json, styled, user_errors, when
+from .common import console, duration, iso, open_broker, plain, print_json, styled, user_errors, when
 
-instances_app = typer.Typer(help="List, show, cancel and retry workflow instances.", no_args_is_help=True)
+instances_app = typer.Typer(
+    help="List, show, cancel and retry workflow instances.\n\n"
+    "Example: fuseline instances list --status FAILED",
+    no_args_is_help=True,
+)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")]
 
@@ -94,7 +98,7 @@ def list_(
     for info in found:
         table.add_row(
             info.instance_id,
-            f"{info.workflow_id}@{info.version}",
+            plain(f"{info.workflow_id}@{info.version}"),
             styled(info.status),
             f"{info.steps_done}/{len(info.steps)}",
             when(info.created_at),
@@ -132,7 +136,7 @@ def show(
         )
         return
     console.print(
-        f"[bold]{info.instance_id}[/]  {info.workflow_id}@{info.version}  {styled(info.status)}  "
+        f"[bold]{info.instance_id}[/]  {plain(f'{info.workflow_id}@{info.version}')}  {styled(info.status)}  "
         f"created {when(info.created_at)}  duration {duration(info.created_at, info.finished_at)}",
         highlight=False,
     )
@@ -144,18 +148,20 @@ def show(
     steps = Table("step", "state", "attempt", "worker", "started", "finished", "error", title="steps")
     for s in info.steps:
         steps.add_row(
-            s.name,
+            plain(s.name),
             styled(s.state),
             f"{s.attempt}/{s.max_attempts}",
             (s.worker_id or "-")[:8],
             when(s.started_at),
             when(s.finished_at),
-            (s.error or "").splitlines()[0] if s.error else "",
+            plain(s.error.splitlines()[0]) if s.error else "",
         )
     console.print(steps)
     history = Table("at (UTC)", "event", "step", "attempt", "worker", title="events")
     for e in events:
-        history.add_row(when(e.at), e.kind, e.step_name or "", str(e.attempt or ""), (e.worker_id or "")[:8])
+        history.add_row(
+            when(e.at), plain(e.kind), plain(e.step_name or ""), str(e.attempt or ""), (e.worker_id or "")[:8]
+        )
     console.print(history)
 
 
@@ -194,7 +200,7 @@ def retry(
         broker.close()
     queued = [s.name for s in info.steps if s.state is Status.QUEUED]
     console.print(
-        f"instance {info.instance_id} {styled(info.status)} again; queued: {', '.join(queued) or '-'}",
+        f"instance {info.instance_id} {styled(info.status)} again; queued: {plain(', '.join(queued) or '-')}",
         highlight=False,
     )
 

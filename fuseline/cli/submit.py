@@ -102,4 +102,5 @@ def _wait(broker: Any, instance_id: str, timeout: float | None) -> None:
         err_console.print(f"instance {instance_id} [green]SUCCEEDED[/]", highlight=False)
         sys.stdout.write(json.dumps(info.result, ensure_ascii=False) + "\n")
         return
-    fail(f"instance {instance_id} {info.status}: {info.error or 'cancelled'}")
+    reason = info.error.splitlines()[0] if info.error else "cancelled"
+    fail(f"instance {instance_id} {info.status}: {reason} (details: fuseline instances show {instance_id})")

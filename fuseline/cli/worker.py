@@ -16,7 +16,10 @@ from ..workflow.workflow import Workflow
 from .common import masked_url, open_broker, settings, user_errors
 from .loading import load_workflow
 
-worker_app = typer.Typer(help="Run worker processes.", no_args_is_help=True)
+worker_app = typer.Typer(
+    help="Run worker processes.\n\nExample: fuseline worker run my_app.flows:etl --concurrency 4",
+    no_args_is_help=True,
+)
 
 logger = logging.getLogger("fuseline.worker")
 

@@ -7,9 +7,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, iso, open_broker, print_json, user_errors, when
+from .common import console, iso, open_broker, plain, print_json, user_errors, when
 
-workers_app = typer.Typer(help="Show registered workers.", no_args_is_help=True)
+workers_app = typer.Typer(
+    help="Show registered workers.\n\nExample: fuseline workers list --all", no_args_is_help=True
+)
 
 
 @workers_app.command("list")
@@ -62,12 +64,12 @@ def list_(
         colour = {"alive": "green", "stale": "red", "stopped": "dim"}[state]
         table.add_row(
             w.worker_id,
-            w.host,
+            plain(w.host),
             str(w.pid),
-            ", ".join(w.workflows),
+            plain(", ".join(w.workflows)),
             when(w.last_heartbeat),
             f"[{colour}]{state}[/]",
-            ", ".join(w.current_steps) or "-",
+            plain(", ".join(w.current_steps) or "-"),
         )
     console.print(table)
 

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -52,6 +51,7 @@ from ..base import (
     WorkerInfo,
 )
 from ..dag import Progress, StepView, WorkflowPlan
+from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
 from .engine import create_database_engine, mask_url, scrub
@@ -68,6 +68,21 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
+
+
+def _worker_uuid(worker_id: str) -> str:
+    """Worker ids are UUIDs; anything else is unknown (and must not reach SQL as a bad cast)."""
+    parsed = parse_id(worker_id)
+    if parsed is None:
+        raise UnknownWorker(worker_id)
+    return parsed
+
+
+def _instance_uuid(instance_id: str) -> str:
+    parsed = parse_id(instance_id)
+    if parsed is None:
+        raise UnknownInstance(instance_id)
+    return parsed
 
 
 def _event(
@@ -213,7 +228,7 @@ class SqlBroker(Broker):
         host: str | None = None,
         pid: int | None = None,
     ) -> str:
-        worker_id = str(uuid.uuid4())
+        worker_id = new_id()
         keys = [s.key for s in schemas]
         with self._transaction() as conn:
             plans = self._store_schemas(conn, schemas)
@@ -233,6 +248,7 @@ class SqlBroker(Broker):
     def _keys_of(self, worker_id: str) -> list[tuple[str, str]]:
         keys = self._worker_keys.get(worker_id)
         if keys is None:
+            _worker_uuid(worker_id)
             with self._transaction() as conn:
                 stored = conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).scalar()
             if stored is None:
@@ -242,6 +258,7 @@ class SqlBroker(Broker):
         return keys
 
     def deregister_worker(self, worker_id: str) -> None:
+        _worker_uuid(worker_id)
         with self._transaction() as conn:
             if conn.execute(self.q.worker_stop, {"p_worker_id": worker_id}).rowcount == 0:
                 raise UnknownWorker(worker_id)
@@ -253,6 +270,7 @@ class SqlBroker(Broker):
         self._worker_keys.pop(worker_id, None)
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
+        _worker_uuid(worker_id)
         with self._transaction() as conn:
             if conn.execute(self.q.worker_heartbeat, {"p_worker_id": worker_id}).rowcount == 0:
                 raise UnknownWorker(worker_id)
@@ -353,6 +371,8 @@ class SqlBroker(Broker):
     # -- reporting ---------------------------------------------------------------------------
     def report_step(self, worker_id: str, report: StepReport) -> None:
         state = reported_state(report)
+        _worker_uuid(worker_id)
+        _instance_uuid(report.instance_id)
         with self._transaction() as conn:
             locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
             if locked is None:
@@ -413,6 +433,11 @@ class SqlBroker(Broker):
                 f"step {report.step_name!r} of instance {report.instance_id!r} already ended {current} "
                 "for this attempt; a different report was refused"
             )
+        if (
+            worker_id not in self._worker_keys
+            and conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).first() is None
+        ):
+            raise UnknownWorker(worker_id)
         raise LeaseLost(
             report.instance_id,
             report.step_name,
@@ -500,7 +525,7 @@ class SqlBroker(Broker):
     def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
         """Create one instance per inputs mapping, all in one transaction."""
         encoded = [codec.encode_inputs(i) for i in inputs]
-        ids = [str(uuid.uuid4()) for _ in encoded]
+        ids = [new_id() for _ in encoded]
         with self._transaction() as conn:
             plans = self._store_schemas(conn, [schema])
             plan = plans[schema.key]
@@ -539,6 +564,7 @@ class SqlBroker(Broker):
         return ids
 
     def get_instance(self, instance_id: str) -> InstanceInfo:
+        instance_id = _instance_uuid(instance_id)
         with self._transaction() as conn:
             row = conn.execute(self.q.instance_get, {"p_instance_id": instance_id}).first()
             if row is None:
@@ -555,7 +581,7 @@ class SqlBroker(Broker):
     ) -> list[InstanceInfo]:
         from .models import instances
 
-        query = instances.select().order_by(instances.c.created_at.desc(), instances.c.id)
+        query = instances.select().order_by(instances.c.created_at.desc(), instances.c.id.desc())
         if status is not None:
             query = query.where(instances.c.status == Status(status).value)
         if workflow_id is not None:
@@ -574,6 +600,7 @@ class SqlBroker(Broker):
         return [self._info(r, by_instance.get(r.id, [])) for r in rows]
 
     def instance_events(self, instance_id: str) -> list[InstanceEvent]:
+        instance_id = _instance_uuid(instance_id)
         with self._transaction() as conn:
             if conn.execute(self.q.instance_inputs, {"p_instance_id": instance_id}).first() is None:
                 raise UnknownInstance(instance_id)
@@ -633,6 +660,7 @@ class SqlBroker(Broker):
         return infos
 
     def cancel_instance(self, instance_id: str) -> InstanceInfo:
+        instance_id = _instance_uuid(instance_id)
         with self._transaction() as conn:
             locked = conn.execute(self.q.instance_lock, {"p_instance_id": instance_id}).first()
             if locked is None:
@@ -657,6 +685,7 @@ class SqlBroker(Broker):
         return self.get_instance(instance_id)
 
     def retry_instance(self, instance_id: str) -> InstanceInfo:
+        instance_id = _instance_uuid(instance_id)
         with self._transaction() as conn:
             locked = conn.execute(self.q.instance_lock, {"p_instance_id": instance_id}).first()
             if locked is None:

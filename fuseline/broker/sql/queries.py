@@ -65,7 +65,7 @@ class Queries:
         )
         self.workers_list: Select = select(
             workers, type_coerce(now, DateTime(timezone=True)).label("db_now")
-        ).order_by(workers.c.started_at.desc(), workers.c.id)
+        ).order_by(workers.c.started_at.desc(), workers.c.id.desc())
         self.steps_running_of_workers: Select = (
             select(steps.c.worker_id, steps.c.instance_id, steps.c.name)
             .where(steps.c.state == RUNNING, steps.c.worker_id.in_(bindparam("p_worker_ids", expanding=True)))
@@ -78,10 +78,14 @@ class Queries:
         )
         #: The per-instance lock: every transaction that evaluates joins or
         #: changes several steps of an instance takes it first (one lock order).
+        #: FOR NO KEY UPDATE, not FOR UPDATE: it must not block the KEY SHARE
+        #: lock that inserting an event (a foreign key to the instance) takes,
+        #: or a claim or reaper holding a step's row lock and a report waiting
+        #: for that row deadlock.
         self.instance_lock: Select = (
             select(instances.c.workflow_id, instances.c.version, instances.c.status)
             .where(instances.c.id == bindparam("p_instance_id"))
-            .with_for_update()
+            .with_for_update(key_share=True)
         )
         self.instance_inputs: Select = select(instances.c.inputs).where(
             instances.c.id == bindparam("p_instance_id")

@@ -1,0 +1,104 @@
+"""Fixtures every suite shares: a real PostgreSQL database and SQLite files.
+
+One PostgreSQL database is created per test session (uniquely named, dropped
+at the end) and migrated to head; each test that uses it starts from empty
+tables. SQLite tests get a fresh file each.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.engine import create_database_engine
+from fuseline.broker.sql.migrate import upgrade
+from tests.support.databases import PostgresServer, find_postgres_server
+
+FUSELINE_TABLES = (
+    "fuseline_events",
+    "fuseline_steps",
+    "fuseline_instances",
+    "fuseline_workers",
+    "fuseline_workflows",
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    try:
+        server = find_postgres_server()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_session_url(postgres_server: PostgresServer) -> Iterator[URL]:
+    """A database of this test session, migrated to head."""
+    url = postgres_server.create_database()
+    engine = create_database_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture
+def postgres_url(postgres_session_url: URL) -> URL:
+    """The session database with empty fuseline tables."""
+    engine = sa.create_engine(postgres_session_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE " + ", ".join(FUSELINE_TABLES) + " RESTART IDENTITY CASCADE")
+    finally:
+        engine.dispose()
+    return postgres_session_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'fuseline.db'}"
+
+
+def url_text(url: URL | str) -> str:
+    """A URL as text with its password, for handing to subprocesses."""
+    return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+
+
+@pytest.fixture
+def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBroker]]:
+    brokers: list[SqlBroker] = []
+
+    def make(**options: object) -> SqlBroker:
+        broker = SqlBroker(postgres_url, **options)  # type: ignore[arg-type]
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
+
+
+@pytest.fixture
+def broker_factory_sqlite(sqlite_url: str) -> Iterator[Callable[..., SqlBroker]]:
+    brokers: list[SqlBroker] = []
+
+    def make(**options: object) -> SqlBroker:
+        broker = SqlBroker(sqlite_url, migrate=True, **options)  # type: ignore[arg-type]
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        broker.close()
