@@ -67,4 +67,20 @@ app.add_typer(workers_app, name="workers")
 
 
 def main() -> None:
-    app()
+    """The console script: any error that escapes a command becomes one line, not a traceback.
+
+    ``FUSELINE_DEBUG=1`` shows the traceback instead (for bug reports).
+    """
+    import os
+    import sys
+
+    try:
+        app()
+    except Exception as exc:  # the last line of defence; commands handle known errors themselves
+        if os.environ.get("FUSELINE_DEBUG"):
+            raise
+        from .common import hide_secrets
+
+        message = hide_secrets(f"{type(exc).__name__}: {exc}").splitlines()[0]
+        sys.stderr.write(f"error: unexpected {message} (set FUSELINE_DEBUG=1 to see the traceback)\n")
+        sys.exit(1)

@@ -80,6 +80,19 @@ def open_broker(ctx: typer.Context, *, lease_seconds: float | None = None):
         return SqlBroker(url, **options)
 
 
+def hide_secrets(message: str) -> str:
+    """Remove the configured database password from a message."""
+    from ..broker.sql.engine import scrub
+
+    url = os.environ.get(DATABASE_ENV)
+    for arg_index, arg in enumerate(sys.argv):
+        if arg == "--database-url" and arg_index + 1 < len(sys.argv):
+            url = sys.argv[arg_index + 1]
+        elif arg.startswith("--database-url="):
+            url = arg.split("=", 1)[1]
+    return scrub(message, url) if url else message
+
+
 def masked_url(ctx: typer.Context) -> str:
     from ..broker.sql.engine import mask_url
 

@@ -134,3 +134,40 @@ def history(
     for r in items:
         table.add_row(r.revision + (" (head)" if r.is_head else ""), r.down_revision or "-", r.description)
     console.print(table)
+
+
+@db_app.command()
+def verify(
+    ctx: typer.Context,
+    stale_after: Annotated[
+        float, typer.Option(min=0, help="Report RUNNING steps whose lease expired this many seconds ago.")
+    ] = 60.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Check the database's invariants; exit 1 if any is violated.
+
+    Looks for RUNNING steps without a live lease, steps accepted or queued
+    more than once, steps queued before their dependencies were met, attempts
+    that went backwards, and instances whose status disagrees with their steps.
+
+    Example: fuseline db verify
+    """
+    from ..broker.sql.verify import verify as check
+
+    with _engine(ctx) as engine:
+        violations = check(engine, stale_after_seconds=stale_after)  # type: ignore[arg-type]
+    if json_output:
+        print_json(
+            [
+                {"kind": v.kind, "instance_id": v.instance_id, "step": v.step_name, "detail": v.detail}
+                for v in violations
+            ]
+        )
+    elif not violations:
+        console.print(f"{masked_url(ctx)}: every invariant holds", highlight=False)
+    else:
+        for v in violations:
+            console.print(str(v), highlight=False, markup=False)
+        console.print(f"{len(violations)} violation(s)", style="red")
+    if violations:
+        raise typer.Exit(1)
