@@ -59,7 +59,8 @@ class StepReport:
     The first five fields match the worker guide's positional order.
     ``attempt`` (from the assignment) makes the report exact; without it the
     broker matches the attempt this worker currently holds. ``error`` is the
-    failure text of a FAILED step.
+    failure text of a FAILED step. ``version`` (from the assignment) lets a
+    broker take its fastest path without looking the instance up first.
     """
 
     workflow_id: str
@@ -69,6 +70,7 @@ class StepReport:
     result: Any = None
     attempt: int | None = None
     error: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,24 @@ class Progress:
     cancelled: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FastReport:
+    """What a step's success does when no other step's state matters.
+
+    Precomputed per step so a broker can record a success in one statement:
+    either its successors (each depending on this step alone) are queued, or
+    the instance ends SUCCEEDED with this step's result. Steps that branch,
+    feed a join, or may not be the last to finish have no fast report.
+    """
+
+    #: Successors to queue (PENDING -> QUEUED).
+    queue: tuple[str, ...] = ()
+    #: Those of them that receive this step's result.
+    consumers: tuple[str, ...] = ()
+    #: Whether this success finishes the instance (result: this step's result).
+    finalizes: bool = False
+
+
 class _Verdict(Enum):
     WAIT = "wait"
     QUEUE = "queue"
@@ -130,6 +148,30 @@ class WorkflowPlan:
             )
         self.nodes = nodes
         self._check_acyclic()
+        self.fast_reports = self._fast_reports(bool(schema.or_groups))
+
+    def _fast_reports(self, has_or_groups: bool) -> dict[str, FastReport]:
+        ancestors: dict[str, set[str]] = {}
+        for name in self.order:
+            found: set[str] = set()
+            for predecessor in self.nodes[name].inbound:
+                found |= {predecessor} | ancestors[predecessor]
+            ancestors[name] = found
+        fast: dict[str, FastReport] = {}
+        for name, node in self.nodes.items():
+            if node.actions:
+                continue  # a branch decides between successors: the general path
+            if node.successors:
+                if all(self.nodes[t].slots == ((name,),) for t in node.successors):
+                    consumers = tuple(t for t in node.successors if name in self.nodes[t].consumes)
+                    fast[name] = FastReport(queue=node.successors, consumers=consumers)
+            elif (
+                not has_or_groups  # without OR joins, every ancestor is final when a step runs
+                and self.outputs == (name,)
+                and len(ancestors[name]) == len(self.order) - 1
+            ):
+                fast[name] = FastReport(finalizes=True)
+        return fast
 
     def _check_acyclic(self) -> None:
         position = {name: i for i, name in enumerate(self.order)}

@@ -52,5 +52,6 @@ def run_assignment(workflow: Workflow, assignment: StepAssignment) -> Execution:
         result=result,
         attempt=assignment.attempt,
         error=text,
+        version=assignment.version,
     )
     return Execution(report, error, time.perf_counter() - started)

@@ -14,6 +14,7 @@ so every process builds the same schemas.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ def record(log: str, step_name: str) -> None:
     attempt = current.attempt if current is not None else 0
     with open(log, "a") as ledger:
         ledger.write(f"{instance_id} {step_name} {attempt} {os.getpid()}\n")
+    # A little work, as real steps do: without it one SQLite writer can take
+    # every step before the other processes get the lock once.
+    time.sleep(0.002)
 
 
 def read_ledger(path: Path) -> list[tuple[str, str, int, int]]:

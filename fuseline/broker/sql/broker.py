@@ -54,8 +54,8 @@ from ..dag import Progress, StepView, WorkflowPlan
 from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
-from .engine import create_database_engine, mask_url, scrub
-from .queries import Queries, queries_for
+from .engine import create_claim_engine, create_database_engine, mask_url, scrub
+from .queries import Queries, postgres_fast_paths, queries_for
 
 #: At most this many expired leases are handled per reaper pass.
 REAP_BATCH = 100
@@ -136,6 +136,11 @@ class SqlBroker(Broker):
             self._owns_engine = True
         self.url = mask_url(self.engine.url)
         self.q: Queries = queries_for(self.engine.dialect.name)
+        is_postgresql = self.engine.dialect.name == "postgresql"
+        #: One-statement claims and reports (PostgreSQL); SQLite runs the general path.
+        self._fast = postgres_fast_paths() if is_postgresql else None
+        self._claims = create_claim_engine(self.engine, owned=self._owns_engine) if is_postgresql else None
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._plans: dict[tuple[str, str], WorkflowPlan] = {}
         self._worker_keys: dict[str, list[tuple[str, str]]] = {}
         self._reap_interval = max(0.05, min(self.lease_seconds / 4, 5.0))
@@ -156,6 +161,8 @@ class SqlBroker(Broker):
         return f"SqlBroker({self.url!r}, lease_seconds={self.lease_seconds:g})"
 
     def close(self) -> None:
+        if getattr(self, "_claims", None) is not None and self._claims is not self.engine:
+            self._claims.dispose()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -167,6 +174,15 @@ class SqlBroker(Broker):
         """One transaction; database errors leave as DatabaseError with no password in them."""
         try:
             with self.engine.begin() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
+
+    @contextmanager
+    def _statement(self, engine: Engine) -> Iterator[Connection]:
+        """A connection in autocommit mode: each statement is its own transaction."""
+        try:
+            with engine.connect() as connection:
                 yield connection
         except DBAPIError as exc:
             raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
@@ -297,6 +313,8 @@ class SqlBroker(Broker):
     def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         if not keys:
             return None
+        if self._fast is not None and self._claims is not None:
+            return self._claim_in_one_statement(worker_id, keys)
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         if len(keys) == 1:
             statement = self.q.step_claim_one_workflow
@@ -322,6 +340,33 @@ class SqlBroker(Broker):
             instance_id=row.instance_id,
             step_name=row.name,
             payload={"workflow_inputs": codec.decode(inputs), "results": results},
+            assigned_at=_aware(row.started_at),  # type: ignore[arg-type]
+            expires_at=_aware(row.lease_expires_at),  # type: ignore[arg-type]
+            attempt=row.attempt,
+            version=row.version,
+        )
+
+    def _claim_in_one_statement(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
+        assert self._fast is not None and self._claims is not None
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
+        if len(keys) == 1:
+            statement = self._fast.step_claim_one_workflow
+            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
+        else:
+            statement = self._fast.step_claim_many_workflows
+            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
+        with self._statement(self._claims) as conn:
+            row = conn.execute(statement, params).first()
+        if row is None:
+            return None
+        return StepAssignment(
+            workflow_id=row.workflow_id,
+            instance_id=row.instance_id,
+            step_name=row.name,
+            payload={
+                "workflow_inputs": codec.decode(row.inputs),
+                "results": codec.decode(row.results) if row.results else {},
+            },
             assigned_at=_aware(row.started_at),  # type: ignore[arg-type]
             expires_at=_aware(row.lease_expires_at),  # type: ignore[arg-type]
             attempt=row.attempt,
@@ -373,6 +418,8 @@ class SqlBroker(Broker):
         state = reported_state(report)
         _worker_uuid(worker_id)
         _instance_uuid(report.instance_id)
+        if state is Status.SUCCEEDED and self._report_in_one_statement(worker_id, report):
+            return
         with self._transaction() as conn:
             locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
             if locked is None:
@@ -417,6 +464,45 @@ class SqlBroker(Broker):
             ]
             self._advance(conn, report.instance_id, plan, plan.successors(report.step_name), events)
             self._append(conn, events)
+
+    def _report_in_one_statement(self, worker_id: str, report: StepReport) -> bool:
+        """Record a success in one statement when no other step's state matters.
+
+        Applies when the step's successors depend on it alone (they are
+        queued) or its success ends the instance (see ``FastReport``). Returns
+        False when it does not apply or the statement changed nothing; the
+        general path then decides (and explains a refusal).
+        """
+        if self._fast is None or report.attempt is None or report.version is None:
+            return False
+        plan = self._plans.get((report.workflow_id, report.version))
+        fast = plan.fast_reports.get(report.step_name) if plan is not None else None
+        if fast is None:
+            return False
+        try:
+            result = codec.encode_result(report.step_name, report.result, self.max_result_bytes)
+        except (ResultNotSerializable, ResultTooLarge):
+            return False  # the general path fails the step with the message
+        params: dict[str, Any] = {
+            "p_instance_id": report.instance_id,
+            "p_workflow_id": report.workflow_id,
+            "p_version": report.version,
+            "p_name": report.step_name,
+            "p_worker_id": worker_id,
+            "p_attempt": report.attempt,
+            "p_result": result,
+        }
+        if fast.finalizes:
+            statement = self._fast.step_succeed_and_finish
+        else:
+            statement = self._fast.step_succeed_and_queue
+            params.update(
+                p_queue=list(fast.queue),
+                p_consumers=list(fast.consumers),
+                p_inputs_from=json.dumps([report.step_name]),
+            )
+        with self._statement(self._autocommit) as conn:
+            return conn.execute(statement, params).first() is not None
 
     def _check_replay(self, conn: Connection, worker_id: str, report: StepReport, state: Status) -> None:
         """A report the lease guard refused: an exact replay is fine, anything else is not."""

@@ -97,6 +97,33 @@ def create_database_engine(url: str | URL, **options: Any) -> Engine:
     )
 
 
+def create_claim_engine(engine: Engine, *, owned: bool) -> Engine:
+    """The engine claims run on: autocommit, and on PostgreSQL without waiting for the WAL flush.
+
+    A claim need not be durable: if the database crashes before flushing it,
+    the step is simply QUEUED again after recovery and the worker's report is
+    refused by the lease guard, so it is run again; nothing is lost or
+    accepted twice. Reports stay durable, and flushing a report flushes the
+    claims before it. The setting is per connection, so claims get a small
+    pool of their own (only for engines fuseline created from a URL: an
+    application's own engine keeps its settings and claims commit durably).
+    """
+    if engine.dialect.name != "postgresql" or not owned:
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_engine(
+        engine.url,
+        hide_parameters=True,
+        isolation_level="AUTOCOMMIT",
+        pool_size=1,
+        max_overflow=4,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "application_name": "fuseline-claims",
+            "options": "-c synchronous_commit=off",
+        },
+    )
+
+
 def _sqlite_engine(url: URL, **options: Any) -> Engine:
     in_memory = url.database in (None, "", ":memory:")
     if in_memory:

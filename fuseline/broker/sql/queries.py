@@ -14,12 +14,18 @@ from functools import cache
 from sqlalchemy import (
     DateTime,
     Insert,
+    Integer,
     Select,
+    String,
+    Text,
+    TextClause,
     Update,
+    Uuid,
     and_,
     bindparam,
     insert,
     select,
+    text,
     tuple_,
     type_coerce,
     update,
@@ -364,3 +370,179 @@ class Queries:
 @cache
 def queries_for(dialect_name: str) -> Queries:
     return Queries(dialect_of(dialect_name))
+
+
+class PostgresFastPaths:
+    """PostgreSQL statements that do a whole claim or report in one round trip.
+
+    Data-modifying CTEs let one statement update a step, queue its successors,
+    finish the instance and append the events. They run in autocommit mode:
+    the statement is its own transaction. Each takes the same locks in the
+    same order as the general path (instance first, through the scalar
+    subquery that the step update evaluates before touching any step row),
+    so the two paths can serve the same instance at the same time. Each
+    statement is written out whole, so what runs is what is read here.
+    """
+
+    #: Claim the oldest QUEUED step of one workflow, log it, and return the
+    #: instance inputs and the predecessors' results (as one JSON object).
+    STEP_CLAIM_ONE_WORKFLOW = """
+        WITH claimed AS (
+            UPDATE fuseline_steps
+               SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(:p_worker_id AS uuid),
+                   lease_expires_at = clock_timestamp() + make_interval(secs => :p_lease_seconds),
+                   started_at = clock_timestamp()
+             WHERE id = (SELECT id FROM fuseline_steps
+                          WHERE state = 'QUEUED'
+                            AND workflow_id = :p_workflow_id AND version = :p_version
+                            AND available_at <= clock_timestamp()
+                          ORDER BY id LIMIT 1
+                            FOR UPDATE SKIP LOCKED)
+               AND state = 'QUEUED'
+            RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                      started_at, lease_expires_at
+        ),
+        logged AS (
+            INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+            SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(:p_worker_id AS uuid)
+              FROM claimed
+        )
+        SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+               c.lease_expires_at, i.inputs,
+               (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                           || '}'
+                  FROM fuseline_steps p
+                 WHERE p.instance_id = c.instance_id
+                   AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+          FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+    """
+
+    #: The same claim among several workflows (pairs of ids and versions).
+    STEP_CLAIM_MANY_WORKFLOWS = """
+        WITH claimed AS (
+            UPDATE fuseline_steps
+               SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(:p_worker_id AS uuid),
+                   lease_expires_at = clock_timestamp() + make_interval(secs => :p_lease_seconds),
+                   started_at = clock_timestamp()
+             WHERE id = (SELECT id FROM fuseline_steps
+                          WHERE state = 'QUEUED'
+                            AND (workflow_id, version) IN (
+                                SELECT * FROM unnest(CAST(:p_workflow_ids AS text[]),
+                                                     CAST(:p_versions AS text[])))
+                            AND available_at <= clock_timestamp()
+                          ORDER BY id LIMIT 1
+                            FOR UPDATE SKIP LOCKED)
+               AND state = 'QUEUED'
+            RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                      started_at, lease_expires_at
+        ),
+        logged AS (
+            INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+            SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(:p_worker_id AS uuid)
+              FROM claimed
+        )
+        SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+               c.lease_expires_at, i.inputs,
+               (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                           || '}'
+                  FROM fuseline_steps p
+                 WHERE p.instance_id = c.instance_id
+                   AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+          FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+    """
+
+    #: Accept a success (fenced: holder and attempt) and queue the successors
+    #: that depend on this step alone.
+    STEP_SUCCEED_AND_QUEUE = """
+        WITH done AS (
+            UPDATE fuseline_steps
+               SET state = 'SUCCEEDED', result = :p_result, error = NULL, action = NULL,
+                   reported_by = CAST(:p_worker_id AS uuid), lease_expires_at = NULL,
+                   finished_at = clock_timestamp()
+             WHERE instance_id = (SELECT id FROM fuseline_instances
+                                   WHERE id = CAST(:p_instance_id AS uuid)
+                                     AND workflow_id = :p_workflow_id AND version = :p_version
+                                     FOR NO KEY UPDATE)
+               AND name = :p_name AND state = 'RUNNING'
+               AND worker_id = CAST(:p_worker_id AS uuid) AND attempt = :p_attempt
+            RETURNING instance_id, attempt
+        ),
+        queued AS (
+            UPDATE fuseline_steps s
+               SET state = 'QUEUED', available_at = clock_timestamp(),
+                   inputs_from = CASE WHEN s.name = ANY(CAST(:p_consumers AS text[]))
+                                      THEN :p_inputs_from END
+              FROM done
+             WHERE s.instance_id = done.instance_id
+               AND s.name = ANY(CAST(:p_queue AS text[])) AND s.state = 'PENDING'
+            RETURNING s.instance_id, s.name
+        ),
+        logged AS (
+            INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+            SELECT instance_id, clock_timestamp(), 'succeeded', CAST(:p_name AS varchar), attempt,
+                   CAST(:p_worker_id AS uuid)
+              FROM done
+            UNION ALL
+            SELECT instance_id, clock_timestamp(), 'queued', name, NULL, NULL FROM queued
+        )
+        SELECT attempt FROM done
+    """
+
+    #: Accept the success of the step that ends the instance, and end it with its result.
+    STEP_SUCCEED_AND_FINISH = """
+        WITH done AS (
+            UPDATE fuseline_steps
+               SET state = 'SUCCEEDED', result = :p_result, error = NULL, action = NULL,
+                   reported_by = CAST(:p_worker_id AS uuid), lease_expires_at = NULL,
+                   finished_at = clock_timestamp()
+             WHERE instance_id = (SELECT id FROM fuseline_instances
+                                   WHERE id = CAST(:p_instance_id AS uuid)
+                                     AND workflow_id = :p_workflow_id AND version = :p_version
+                                     FOR NO KEY UPDATE)
+               AND name = :p_name AND state = 'RUNNING'
+               AND worker_id = CAST(:p_worker_id AS uuid) AND attempt = :p_attempt
+            RETURNING instance_id, attempt
+        ),
+        finished AS (
+            UPDATE fuseline_instances i
+               SET status = 'SUCCEEDED', result = :p_result,
+                   finished_at = clock_timestamp(), updated_at = clock_timestamp()
+              FROM done
+             WHERE i.id = done.instance_id AND i.status = 'RUNNING'
+            RETURNING i.id
+        ),
+        logged AS (
+            INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+            SELECT instance_id, clock_timestamp(), 'succeeded', CAST(:p_name AS varchar), attempt,
+                   CAST(:p_worker_id AS uuid)
+              FROM done
+            UNION ALL
+            SELECT id, clock_timestamp(), 'instance_succeeded', NULL, NULL, NULL FROM finished
+        )
+        SELECT attempt FROM done
+    """
+
+    def __init__(self) -> None:
+        self.step_claim_one_workflow = self._claim(self.STEP_CLAIM_ONE_WORKFLOW)
+        self.step_claim_many_workflows = self._claim(self.STEP_CLAIM_MANY_WORKFLOWS)
+        self.step_succeed_and_queue = text(self.STEP_SUCCEED_AND_QUEUE)
+        self.step_succeed_and_finish = text(self.STEP_SUCCEED_AND_FINISH)
+
+    @staticmethod
+    def _claim(sql: str) -> TextClause:
+        return text(sql).columns(
+            instance_id=Uuid(as_uuid=False),
+            workflow_id=String(),
+            version=String(),
+            name=String(),
+            attempt=Integer(),
+            started_at=DateTime(timezone=True),
+            lease_expires_at=DateTime(timezone=True),
+            inputs=Text(),
+            results=Text(),
+        )
+
+
+@cache
+def postgres_fast_paths() -> PostgresFastPaths:
+    return PostgresFastPaths()
