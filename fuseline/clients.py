@@ -7,6 +7,7 @@ worker code runs against a broker in the same process
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -36,6 +37,11 @@ class BrokerClient(ABC):
     def deregister_worker(self, worker_id: str) -> None:
         """Say goodbye: steps still held go back to the queue at once."""
 
+    def wait_for_work(self, timeout: float) -> bool:
+        """Wait until work may be ready (True) or ``timeout`` passes; polling by default."""
+        time.sleep(timeout)
+        return False
+
 
 class LocalBrokerClient(BrokerClient):
     """Calls a broker object in this process directly."""
@@ -62,6 +68,9 @@ class LocalBrokerClient(BrokerClient):
 
     def deregister_worker(self, worker_id: str) -> None:
         self.broker.deregister_worker(worker_id)
+
+    def wait_for_work(self, timeout: float) -> bool:
+        return self.broker.wait_for_work(timeout)
 
     def __repr__(self) -> str:
         return f"LocalBrokerClient({self.broker!r})"

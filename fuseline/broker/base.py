@@ -16,6 +16,7 @@ shared contract test suite:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,6 +191,16 @@ class Broker(ABC):
     @abstractmethod
     def keep_alive(self, worker_id: str) -> list[Lease]:
         """Heartbeat: extend the leases of the worker's running steps; return them."""
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """Block until work may be ready (True) or ``timeout`` seconds pass (False).
+
+        Idle workers call this between empty claims. Brokers that can announce
+        new work (PostgreSQL's LISTEN/NOTIFY, an in-process condition) return
+        early; the default simply sleeps, which is polling.
+        """
+        time.sleep(timeout)
+        return False
 
     # -- instances -------------------------------------------------------------------
     @abstractmethod

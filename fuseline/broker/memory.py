@@ -123,6 +123,7 @@ class MemoryBroker(Broker):
         self.max_result_bytes = max_result_bytes
         self.store_json = store_json
         self._lock = threading.RLock()
+        self._work_queued = threading.Condition(self._lock)
         self._plans: dict[tuple[str, str], WorkflowPlan] = {}
         self._instances: dict[str, _Instance] = {}
         self._workers: dict[str, _Worker] = {}
@@ -276,6 +277,11 @@ class MemoryBroker(Broker):
     def _push(self, instance: _Instance, step: _Step) -> None:
         key = (instance.workflow_id, instance.version)
         heapq.heappush(self._queues[key], (step.seq, instance.instance_id, step.name))
+        self._work_queued.notify_all()
+
+    def wait_for_work(self, timeout: float) -> bool:
+        with self._lock:
+            return self._work_queued.wait(timeout)
 
     # -- reporting ---------------------------------------------------------------------
     def report_step(self, worker_id: str, report: StepReport) -> None:

@@ -34,6 +34,7 @@ class WorkerOptions:
     poll_interval: float
     burst: bool
     log_level: str
+    listen: bool = True
 
 
 @worker_app.command("run")
@@ -57,6 +58,14 @@ def run(
         float, typer.Option(min=0.001, help="Seconds between polls when no step is ready.")
     ] = 0.5,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    listen: Annotated[
+        bool,
+        typer.Option(
+            "--listen/--no-listen",
+            help="Wake up on PostgreSQL notifications when work is queued (--no-listen: poll only, "
+            "e.g. behind PgBouncer in transaction mode).",
+        ),
+    ] = True,
 ) -> None:
     """Run worker processes for one or more workflows until stopped.
 
@@ -87,6 +96,7 @@ def run(
         poll_interval=poll_interval,
         burst=burst,
         log_level=level,
+        listen=listen,
     )
     configure_logging(level)
     logger.info(
@@ -127,7 +137,9 @@ def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | Non
     configure_logging(options.log_level)
     try:
         migrate = parse_url(options.url).get_backend_name() == "sqlite"
-        broker = SqlBroker(options.url, lease_seconds=options.lease_seconds, migrate=migrate)
+        broker = SqlBroker(
+            options.url, lease_seconds=options.lease_seconds, migrate=migrate, listen=options.listen
+        )
         engine = ProcessEngine(LocalBrokerClient(broker), workflows)
     except FuselineError as exc:
         logger.error("%s", exc)

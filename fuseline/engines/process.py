@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -18,6 +19,8 @@ T = TypeVar("T")
 
 #: Heartbeat period when the broker's lease length is unknown.
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: Longest single wait while idle, so a stop request is noticed quickly.
+IDLE_SLICE_SECONDS = 0.25
 #: Waits between attempts while the database is unreachable: doubling up to the last.
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -87,7 +90,7 @@ class ProcessEngine:
                 if assignment is None:
                     if not block or (until is not None and until()):
                         break
-                    self._stopping.wait(poll_interval)
+                    self._idle(poll_interval)
                     continue
                 if self._run(assignment):
                     ran += 1
@@ -97,6 +100,20 @@ class ProcessEngine:
             beat_stop.set()
             beat.join()
         return ran
+
+    def _idle(self, poll_interval: float) -> None:
+        """Wait for a work notification, or poll_interval, in slices so stop() is prompt."""
+        deadline = time.monotonic() + poll_interval
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                if self.client.wait_for_work(min(remaining, IDLE_SLICE_SECONDS)):
+                    return
+            except DatabaseError as exc:
+                logger.warning("waiting for work failed: %s", exc)
+                self._stopping.wait(min(remaining, IDLE_SLICE_SECONDS))
 
     def stop(self) -> None:
         """Ask ``work`` to return after the step in hand (safe from signal handlers)."""

@@ -55,10 +55,13 @@ from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
 from .engine import create_claim_engine, create_database_engine, mask_url, scrub
+from .listener import WorkListener
 from .queries import Queries, postgres_fast_paths, queries_for
 
 #: At most this many expired leases are handled per reaper pass.
 REAP_BATCH = 100
+#: How often an idle worker on SQLite looks for work.
+SQLITE_POLL_SECONDS = 0.1
 
 _Event = dict[str, Any]
 
@@ -109,7 +112,9 @@ class SqlBroker(Broker):
     ``url_or_engine`` is a database URL (``postgresql+psycopg://...`` or
     ``sqlite:///file.db``) or an SQLAlchemy Engine. The database must be
     migrated (``fuseline db upgrade``); ``migrate=True`` upgrades it instead,
-    which the embedded SQLite default does.
+    which the embedded SQLite default does. ``listen=False`` turns off
+    LISTEN/NOTIFY wake-ups (behind PgBouncer in transaction mode), leaving
+    idle workers to poll.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class SqlBroker(Broker):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         migrate: bool = False,
+        listen: bool = True,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
@@ -141,6 +147,7 @@ class SqlBroker(Broker):
         self._fast = postgres_fast_paths() if is_postgresql else None
         self._claims = create_claim_engine(self.engine, owned=self._owns_engine) if is_postgresql else None
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._listener = WorkListener(self.engine) if is_postgresql and listen else None
         self._plans: dict[tuple[str, str], WorkflowPlan] = {}
         self._worker_keys: dict[str, list[tuple[str, str]]] = {}
         self._reap_interval = max(0.05, min(self.lease_seconds / 4, 5.0))
@@ -161,6 +168,8 @@ class SqlBroker(Broker):
         return f"SqlBroker({self.url!r}, lease_seconds={self.lease_seconds:g})"
 
     def close(self) -> None:
+        if getattr(self, "_listener", None) is not None:
+            self._listener.close()
         if getattr(self, "_claims", None) is not None and self._claims is not self.engine:
             self._claims.dispose()
         if self._owns_engine:
@@ -279,6 +288,8 @@ class SqlBroker(Broker):
             if conn.execute(self.q.worker_stop, {"p_worker_id": worker_id}).rowcount == 0:
                 raise UnknownWorker(worker_id)
             released = conn.execute(self.q.steps_release_of_worker, {"p_worker_id": worker_id}).all()
+            if released:
+                self._announce_work(conn)
             self._append(
                 conn,
                 [_event(r.instance_id, "released", r.name, r.attempt, worker_id) for r in released],
@@ -295,6 +306,21 @@ class SqlBroker(Broker):
                 {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds},
             ).all()
         return [Lease(r.instance_id, r.name, r.attempt, _aware(r.lease_expires_at)) for r in rows]  # type: ignore[arg-type]
+
+    def wait_for_work(self, timeout: float) -> bool:
+        """PostgreSQL: wait for a NOTIFY from a transaction that queued work; SQLite: a short poll."""
+        if self._listener is not None:
+            return self._listener.wait(timeout)
+        if self.engine.dialect.name == "sqlite":
+            # A claim on a local file is cheap: poll often instead of waiting out the interval.
+            time.sleep(min(timeout, SQLITE_POLL_SECONDS))
+            return True
+        return super().wait_for_work(timeout)
+
+    def _announce_work(self, conn: Connection) -> None:
+        """Wake idle workers when this transaction commits (PostgreSQL)."""
+        if self.q.work_announce is not None:
+            conn.execute(self.q.work_announce)
 
     # -- claiming ----------------------------------------------------------------------------
     def get_step(self, worker_id: str) -> StepAssignment | None:
@@ -386,6 +412,7 @@ class SqlBroker(Broker):
             expired = conn.execute(self.q.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
             if expired:
                 conn.execute(self.q.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
+                self._announce_work(conn)
                 self._append(
                     conn,
                     [_event(r.instance_id, "lease_expired", r.name, r.attempt, r.worker_id) for r in expired],
@@ -462,7 +489,14 @@ class SqlBroker(Broker):
                     report.instance_id, state.value.lower(), report.step_name, held.attempt, worker_id, error
                 )
             ]
-            self._advance(conn, report.instance_id, plan, plan.successors(report.step_name), events)
+            self._advance(
+                conn,
+                report.instance_id,
+                plan,
+                plan.successors(report.step_name),
+                events,
+                reporter_claims_next=True,
+            )
             self._append(conn, events)
 
     def _report_in_one_statement(self, worker_id: str, report: StepReport) -> bool:
@@ -537,21 +571,33 @@ class SqlBroker(Broker):
         plan: WorkflowPlan,
         candidates: Iterable[str],
         events: list[_Event],
+        *,
+        reporter_claims_next: bool = False,
     ) -> None:
         """Apply the join rules after a change, then finalize the instance if it is done.
 
         The caller holds the instance lock, so no other transaction evaluates
-        this instance at the same time.
+        this instance at the same time. ``reporter_claims_next`` says a
+        worker will claim again right after this (it takes one queued step
+        itself, so others are woken only for a fan-out).
         """
         rows = conn.execute(self.q.steps_views, {"p_instance_id": instance_id}).all()
         views = {r.name: StepView(Status(r.state), r.action, _aware(r.finished_at)) for r in rows}
         progress = plan.settle(views, candidates)
-        self._apply(conn, instance_id, progress, events)
+        self._apply(conn, instance_id, progress, events, reporter_claims_next=reporter_claims_next)
         outcome = plan.outcome(views)
         if outcome is not None:
             self._finalize(conn, instance_id, plan, outcome, events)
 
-    def _apply(self, conn: Connection, instance_id: str, progress: Progress, events: list[_Event]) -> None:
+    def _apply(
+        self,
+        conn: Connection,
+        instance_id: str,
+        progress: Progress,
+        events: list[_Event],
+        *,
+        reporter_claims_next: bool,
+    ) -> None:
         if progress.queued:
             conn.execute(
                 self.q.step_queue_if_pending,
@@ -565,6 +611,8 @@ class SqlBroker(Broker):
                 ],
             )
             events.extend(_event(instance_id, "queued", name) for name in progress.queued)
+            if len(progress.queued) > 1 or not reporter_claims_next:
+                self._announce_work(conn)
         for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
             if names:
                 conn.execute(
@@ -612,6 +660,13 @@ class SqlBroker(Broker):
         """Create one instance per inputs mapping, all in one transaction."""
         encoded = [codec.encode_inputs(i) for i in inputs]
         ids = [new_id() for _ in encoded]
+        if not ids:
+            self.register_workflows([schema])
+            return ids
+        plan = self._plans.get(schema.key)
+        if self._fast is not None and plan is not None and plan.hash == schema.hash:
+            self._dispatch_in_one_statement(plan, ids, encoded)
+            return ids
         with self._transaction() as conn:
             plans = self._store_schemas(conn, [schema])
             plan = plans[schema.key]
@@ -646,8 +701,25 @@ class SqlBroker(Broker):
                 if pending_rows:
                     conn.execute(self.q.steps_insert_pending, pending_rows)
                 self._append(conn, event_rows)
+                self._announce_work(conn)
         self._plans.update(plans)
         return ids
+
+    def _dispatch_in_one_statement(self, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
+        """PostgreSQL: create the instances, their steps and events in one statement."""
+        assert self._fast is not None
+        roots = set(plan.roots)
+        params = {
+            "p_workflow_id": plan.workflow_id,
+            "p_version": plan.version,
+            "p_ids": ids,
+            "p_inputs": encoded,
+            "p_names": list(plan.order),
+            "p_roots": [name in roots for name in plan.order],
+            "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
+        }
+        with self._statement(self._autocommit) as conn:
+            conn.execute(self._fast.instances_dispatch, params)
 
     def get_instance(self, instance_id: str) -> InstanceInfo:
         instance_id = _instance_uuid(instance_id)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    func,
     insert,
     select,
     text,
@@ -33,6 +34,7 @@ from sqlalchemy import (
 
 from ...states import Status
 from .dialects import Dialect, dialect_of
+from .listener import CHANNEL as WORK_CHANNEL
 from .models import events, instances, steps, workers, workflows
 
 RUNNING = Status.RUNNING.value
@@ -310,6 +312,12 @@ class Queries:
             )
         )
 
+        # -- wake-ups ---------------------------------------------------------------------
+        #: Tell idle workers (LISTEN fuseline_work) that steps were queued; sent at commit.
+        self.work_announce: Select | None = (
+            select(func.pg_notify(WORK_CHANNEL, "")) if dialect.is_postgresql else None
+        )
+
         # -- events -----------------------------------------------------------------------
         self.events_append: Insert = insert(events).values(at=now)
         self.events_of_instance: Select = (
@@ -484,8 +492,12 @@ class PostgresFastPaths:
               FROM done
             UNION ALL
             SELECT instance_id, clock_timestamp(), 'queued', name, NULL, NULL FROM queued
+        ),
+        -- A fan-out: this worker takes one successor, idle workers are woken for the rest.
+        announced AS (
+            SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
         )
-        SELECT attempt FROM done
+        SELECT attempt, (SELECT count(*) FROM announced) AS announced FROM done
     """
 
     #: Accept the success of the step that ends the instance, and end it with its result.
@@ -522,7 +534,47 @@ class PostgresFastPaths:
         SELECT attempt FROM done
     """
 
+    #: Create instances (ids and inputs as parallel arrays) with all their
+    #: steps (roots QUEUED, the rest PENDING), log them, and wake idle workers.
+    INSTANCES_DISPATCH = """
+        WITH created AS (
+            INSERT INTO fuseline_instances (id, workflow_id, version, status, inputs,
+                                            created_at, updated_at)
+            SELECT i.id, :p_workflow_id, :p_version, 'RUNNING', i.inputs,
+                   clock_timestamp(), clock_timestamp()
+              FROM unnest(CAST(:p_ids AS uuid[]), CAST(:p_inputs AS text[]))
+                   WITH ORDINALITY AS i(id, inputs, n)
+             ORDER BY i.n
+            RETURNING id
+        ),
+        stepped AS (
+            INSERT INTO fuseline_steps (instance_id, workflow_id, version, name, state, max_attempts,
+                                        available_at)
+            SELECT c.id, :p_workflow_id, :p_version, s.name,
+                   CASE WHEN s.root THEN 'QUEUED' ELSE 'PENDING' END, s.max_attempts,
+                   CASE WHEN s.root THEN clock_timestamp() END
+              FROM unnest(CAST(:p_ids AS uuid[])) WITH ORDINALITY AS c(id, n)
+             CROSS JOIN unnest(CAST(:p_names AS text[]), CAST(:p_roots AS boolean[]),
+                               CAST(:p_max_attempts AS integer[]))
+                        WITH ORDINALITY AS s(name, root, max_attempts, k)
+             WHERE c.id IN (SELECT id FROM created)
+             ORDER BY c.n, s.k
+            RETURNING instance_id, name, state
+        ),
+        logged AS (
+            INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+            SELECT id, clock_timestamp(), 'dispatched', NULL FROM created
+            UNION ALL
+            SELECT instance_id, clock_timestamp(), 'queued', name FROM stepped WHERE state = 'QUEUED'
+        ),
+        announced AS (
+            SELECT pg_notify('fuseline_work', '')
+        )
+        SELECT count(*) AS created, (SELECT count(*) FROM announced) AS announced FROM created
+    """
+
     def __init__(self) -> None:
+        self.instances_dispatch = text(self.INSTANCES_DISPATCH)
         self.step_claim_one_workflow = self._claim(self.STEP_CLAIM_ONE_WORKFLOW)
         self.step_claim_many_workflows = self._claim(self.STEP_CLAIM_MANY_WORKFLOWS)
         self.step_succeed_and_queue = text(self.STEP_SUCCEED_AND_QUEUE)
