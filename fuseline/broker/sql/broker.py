@@ -55,8 +55,9 @@ from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
 from .engine import create_claim_engine, create_database_engine, mask_url, scrub
+from .hotpath import PostgresHotPath
 from .listener import WorkListener
-from .queries import Queries, postgres_fast_paths, queries_for
+from .queries import Queries, queries_for
 
 #: At most this many expired leases are handled per reaper pass.
 REAP_BATCH = 100
@@ -143,10 +144,15 @@ class SqlBroker(Broker):
         self.url = mask_url(self.engine.url)
         self.q: Queries = queries_for(self.engine.dialect.name)
         is_postgresql = self.engine.dialect.name == "postgresql"
-        #: One-statement claims and reports (PostgreSQL); SQLite runs the general path.
-        self._fast = postgres_fast_paths() if is_postgresql else None
-        self._claims = create_claim_engine(self.engine, owned=self._owns_engine) if is_postgresql else None
-        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        #: One-statement claims, reports and dispatches (PostgreSQL); SQLite runs the general path.
+        self._claims_engine = (
+            create_claim_engine(self.engine, owned=self._owns_engine) if is_postgresql else None
+        )
+        self._hot = (
+            PostgresHotPath(self.engine, self._claims_engine, self._scrub)
+            if self._claims_engine is not None
+            else None
+        )
         self._listener = WorkListener(self.engine) if is_postgresql and listen else None
         self._plans: dict[tuple[str, str], WorkflowPlan] = {}
         self._worker_keys: dict[str, list[tuple[str, str]]] = {}
@@ -170,8 +176,11 @@ class SqlBroker(Broker):
     def close(self) -> None:
         if getattr(self, "_listener", None) is not None:
             self._listener.close()
-        if getattr(self, "_claims", None) is not None and self._claims is not self.engine:
-            self._claims.dispose()
+        if getattr(self, "_hot", None) is not None:
+            self._hot.close()
+        claims = getattr(self, "_claims_engine", None)
+        if claims is not None and claims.pool is not self.engine.pool:
+            claims.dispose()
         if self._owns_engine:
             self.engine.dispose()
 
@@ -183,15 +192,6 @@ class SqlBroker(Broker):
         """One transaction; database errors leave as DatabaseError with no password in them."""
         try:
             with self.engine.begin() as connection:
-                yield connection
-        except DBAPIError as exc:
-            raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
-
-    @contextmanager
-    def _statement(self, engine: Engine) -> Iterator[Connection]:
-        """A connection in autocommit mode: each statement is its own transaction."""
-        try:
-            with engine.connect() as connection:
                 yield connection
         except DBAPIError as exc:
             raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
@@ -339,7 +339,7 @@ class SqlBroker(Broker):
     def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         if not keys:
             return None
-        if self._fast is not None and self._claims is not None:
+        if self._hot is not None:
             return self._claim_in_one_statement(worker_id, keys)
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         if len(keys) == 1:
@@ -373,30 +373,23 @@ class SqlBroker(Broker):
         )
 
     def _claim_in_one_statement(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
-        assert self._fast is not None and self._claims is not None
-        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
-        if len(keys) == 1:
-            statement = self._fast.step_claim_one_workflow
-            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
-        else:
-            statement = self._fast.step_claim_many_workflows
-            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
-        with self._statement(self._claims) as conn:
-            row = conn.execute(statement, params).first()
+        assert self._hot is not None
+        row = self._hot.claim(worker_id, keys, self.lease_seconds)
         if row is None:
             return None
+        instance_id, workflow_id, version, name, attempt, started, expires, inputs, results = row
         return StepAssignment(
-            workflow_id=row.workflow_id,
-            instance_id=row.instance_id,
-            step_name=row.name,
+            workflow_id=workflow_id,
+            instance_id=instance_id,
+            step_name=name,
             payload={
-                "workflow_inputs": codec.decode(row.inputs),
-                "results": codec.decode(row.results) if row.results else {},
+                "workflow_inputs": codec.decode(inputs),
+                "results": codec.decode(results) if results else {},
             },
-            assigned_at=_aware(row.started_at),  # type: ignore[arg-type]
-            expires_at=_aware(row.lease_expires_at),  # type: ignore[arg-type]
-            attempt=row.attempt,
-            version=row.version,
+            assigned_at=started,
+            expires_at=expires,
+            attempt=attempt,
+            version=version,
         )
 
     def _reap_expired(self) -> None:
@@ -507,7 +500,7 @@ class SqlBroker(Broker):
         False when it does not apply or the statement changed nothing; the
         general path then decides (and explains a refusal).
         """
-        if self._fast is None or report.attempt is None or report.version is None:
+        if self._hot is None or report.attempt is None or report.version is None:
             return False
         plan = self._plans.get((report.workflow_id, report.version))
         fast = plan.fast_reports.get(report.step_name) if plan is not None else None
@@ -526,17 +519,13 @@ class SqlBroker(Broker):
             "p_attempt": report.attempt,
             "p_result": result,
         }
-        if fast.finalizes:
-            statement = self._fast.step_succeed_and_finish
-        else:
-            statement = self._fast.step_succeed_and_queue
+        if not fast.finalizes:
             params.update(
                 p_queue=list(fast.queue),
                 p_consumers=list(fast.consumers),
                 p_inputs_from=json.dumps([report.step_name]),
             )
-        with self._statement(self._autocommit) as conn:
-            return conn.execute(statement, params).first() is not None
+        return self._hot.succeed(params, finishes=fast.finalizes)
 
     def _check_replay(self, conn: Connection, worker_id: str, report: StepReport, state: Status) -> None:
         """A report the lease guard refused: an exact replay is fine, anything else is not."""
@@ -664,7 +653,7 @@ class SqlBroker(Broker):
             self.register_workflows([schema])
             return ids
         plan = self._plans.get(schema.key)
-        if self._fast is not None and plan is not None and plan.hash == schema.hash:
+        if self._hot is not None and plan is not None and plan.hash == schema.hash:
             self._dispatch_in_one_statement(plan, ids, encoded)
             return ids
         with self._transaction() as conn:
@@ -707,19 +696,19 @@ class SqlBroker(Broker):
 
     def _dispatch_in_one_statement(self, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
         """PostgreSQL: create the instances, their steps and events in one statement."""
-        assert self._fast is not None
+        assert self._hot is not None
         roots = set(plan.roots)
-        params = {
-            "p_workflow_id": plan.workflow_id,
-            "p_version": plan.version,
-            "p_ids": ids,
-            "p_inputs": encoded,
-            "p_names": list(plan.order),
-            "p_roots": [name in roots for name in plan.order],
-            "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
-        }
-        with self._statement(self._autocommit) as conn:
-            conn.execute(self._fast.instances_dispatch, params)
+        self._hot.dispatch(
+            {
+                "p_workflow_id": plan.workflow_id,
+                "p_version": plan.version,
+                "p_ids": ids,
+                "p_inputs": encoded,
+                "p_names": list(plan.order),
+                "p_roots": [name in roots for name in plan.order],
+                "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
+            }
+        )
 
     def get_instance(self, instance_id: str) -> InstanceInfo:
         instance_id = _instance_uuid(instance_id)

@@ -1,0 +1,292 @@
+"""The PostgreSQL hot path: claims, reports and dispatches in one statement each.
+
+Every step a worker runs costs a claim and a report, so these statements
+skip the general machinery: each is one data-modifying CTE that updates the
+step, queues its successors or finishes the instance, and appends the events,
+sent on a connection this thread keeps open, in autocommit mode (the
+statement is its own transaction), and prepared by the server after a few
+uses. They take the same locks in the same order as the general path
+(the instance first, through the scalar subquery the step update evaluates
+before it touches a step row), so both paths can serve one instance at once.
+
+Claims run on a connection with ``synchronous_commit = off`` (see
+:func:`.engine.create_claim_engine`); reports and dispatches are durable.
+Each statement is written out whole, so what runs is what is read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ...errors import DatabaseError
+
+logger = logging.getLogger("fuseline.broker")
+
+#: Claim the oldest QUEUED step of one workflow, log it, and return the
+#: instance inputs and the predecessors' results (as one JSON object).
+STEP_CLAIM_ONE_WORKFLOW = """
+    WITH claimed AS (
+        UPDATE fuseline_steps
+           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
+               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
+               started_at = clock_timestamp()
+         WHERE id = (SELECT id FROM fuseline_steps
+                      WHERE state = 'QUEUED'
+                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                        AND available_at <= clock_timestamp()
+                      ORDER BY id LIMIT 1
+                        FOR UPDATE SKIP LOCKED)
+           AND state = 'QUEUED'
+        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                  started_at, lease_expires_at
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM claimed
+    )
+    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+           c.lease_expires_at, i.inputs,
+           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                       || '}'
+              FROM fuseline_steps p
+             WHERE p.instance_id = c.instance_id
+               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+"""
+
+#: The same claim among several workflows (pairs of ids and versions).
+STEP_CLAIM_MANY_WORKFLOWS = """
+    WITH claimed AS (
+        UPDATE fuseline_steps
+           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
+               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
+               started_at = clock_timestamp()
+         WHERE id = (SELECT id FROM fuseline_steps
+                      WHERE state = 'QUEUED'
+                        AND (workflow_id, version) IN (
+                            SELECT * FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
+                                                 CAST(%(p_versions)s AS text[])))
+                        AND available_at <= clock_timestamp()
+                      ORDER BY id LIMIT 1
+                        FOR UPDATE SKIP LOCKED)
+           AND state = 'QUEUED'
+        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                  started_at, lease_expires_at
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM claimed
+    )
+    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+           c.lease_expires_at, i.inputs,
+           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                       || '}'
+              FROM fuseline_steps p
+             WHERE p.instance_id = c.instance_id
+               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+"""
+
+#: Accept a success (fenced: holder and attempt) and queue the successors
+#: that depend on this step alone; a fan-out wakes idle workers.
+STEP_SUCCEED_AND_QUEUE = """
+    WITH done AS (
+        UPDATE fuseline_steps
+           SET state = 'SUCCEEDED', result = %(p_result)s, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+         WHERE instance_id = (SELECT id FROM fuseline_instances
+                               WHERE id = CAST(%(p_instance_id)s AS uuid)
+                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                                 FOR NO KEY UPDATE)
+           AND name = %(p_name)s AND state = 'RUNNING'
+           AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
+        RETURNING instance_id, attempt
+    ),
+    queued AS (
+        UPDATE fuseline_steps s
+           SET state = 'QUEUED', available_at = clock_timestamp(),
+               inputs_from = CASE WHEN s.name = ANY(CAST(%(p_consumers)s AS text[]))
+                                  THEN %(p_inputs_from)s END
+          FROM done
+         WHERE s.instance_id = done.instance_id
+           AND s.name = ANY(CAST(%(p_queue)s AS text[])) AND s.state = 'PENDING'
+        RETURNING s.instance_id, s.name
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'succeeded', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), 'queued', name, NULL, NULL FROM queued
+    ),
+    -- A fan-out: this worker takes one successor, idle workers are woken for the rest.
+    announced AS (
+        SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
+    )
+    SELECT attempt, (SELECT count(*) FROM announced) AS announced FROM done
+"""
+
+#: Accept the success of the step that ends the instance, and end it with its result.
+STEP_SUCCEED_AND_FINISH = """
+    WITH done AS (
+        UPDATE fuseline_steps
+           SET state = 'SUCCEEDED', result = %(p_result)s, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+         WHERE instance_id = (SELECT id FROM fuseline_instances
+                               WHERE id = CAST(%(p_instance_id)s AS uuid)
+                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                                 FOR NO KEY UPDATE)
+           AND name = %(p_name)s AND state = 'RUNNING'
+           AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
+        RETURNING instance_id, attempt
+    ),
+    finished AS (
+        UPDATE fuseline_instances i
+           SET status = 'SUCCEEDED', result = %(p_result)s,
+               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+          FROM done
+         WHERE i.id = done.instance_id AND i.status = 'RUNNING'
+        RETURNING i.id
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'succeeded', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT id, clock_timestamp(), 'instance_succeeded', NULL, NULL, NULL FROM finished
+    )
+    SELECT attempt FROM done
+"""
+
+#: Create instances (ids and inputs as parallel arrays) with all their
+#: steps (roots QUEUED, the rest PENDING), log them, and wake idle workers.
+INSTANCES_DISPATCH = """
+    WITH created AS (
+        INSERT INTO fuseline_instances (id, workflow_id, version, status, inputs,
+                                        created_at, updated_at)
+        SELECT i.id, %(p_workflow_id)s, %(p_version)s, 'RUNNING', i.inputs,
+               clock_timestamp(), clock_timestamp()
+          FROM unnest(CAST(%(p_ids)s AS uuid[]), CAST(%(p_inputs)s AS text[]))
+               WITH ORDINALITY AS i(id, inputs, n)
+         ORDER BY i.n
+        RETURNING id
+    ),
+    stepped AS (
+        INSERT INTO fuseline_steps (instance_id, workflow_id, version, name, state, max_attempts,
+                                    available_at)
+        SELECT c.id, %(p_workflow_id)s, %(p_version)s, s.name,
+               CASE WHEN s.root THEN 'QUEUED' ELSE 'PENDING' END, s.max_attempts,
+               CASE WHEN s.root THEN clock_timestamp() END
+          FROM unnest(CAST(%(p_ids)s AS uuid[])) WITH ORDINALITY AS c(id, n)
+         CROSS JOIN unnest(CAST(%(p_names)s AS text[]), CAST(%(p_roots)s AS boolean[]),
+                           CAST(%(p_max_attempts)s AS integer[]))
+                    WITH ORDINALITY AS s(name, root, max_attempts, k)
+         WHERE c.id IN (SELECT id FROM created)
+         ORDER BY c.n, s.k
+        RETURNING instance_id, name, state
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+        SELECT id, clock_timestamp(), 'dispatched', NULL FROM created
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), 'queued', name FROM stepped WHERE state = 'QUEUED'
+    ),
+    announced AS (
+        SELECT pg_notify('fuseline_work', '')
+    )
+    SELECT count(*) AS created, (SELECT count(*) FROM announced) AS announced FROM created
+"""
+
+
+class PostgresHotPath:
+    """Runs the statements above on connections kept per thread."""
+
+    def __init__(self, engine: Engine, claims_engine: Engine, scrub: Callable[[str], str]) -> None:
+        self._engines = {"durable": engine, "claims": claims_engine}
+        self._scrub = scrub
+        self._local = threading.local()
+        self._held: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connection(self, kind: str) -> Any:
+        fairy = getattr(self._local, kind, None)
+        if fairy is None:
+            fairy = self._engines[kind].raw_connection()
+            connection = fairy.driver_connection
+            connection.rollback()
+            connection.autocommit = True
+            setattr(self._local, kind, fairy)
+            with self._lock:
+                self._held.append(fairy)
+        return fairy.driver_connection
+
+    def _run(self, kind: str, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute one statement; a broken connection is dropped and the error reported."""
+        try:
+            cursor = self._connection(kind).execute(sql, params)
+            return cursor.fetchone()
+        except Exception as exc:
+            self._drop(kind)
+            raise DatabaseError(f"database error: {self._scrub(str(exc))}") from None
+
+    def _drop(self, kind: str) -> None:
+        fairy = getattr(self._local, kind, None)
+        setattr(self._local, kind, None)
+        if fairy is not None:
+            with self._lock:
+                if fairy in self._held:
+                    self._held.remove(fairy)
+            _discard(fairy)
+
+    def close(self) -> None:
+        """Discard every kept connection (they are in autocommit mode: not for the pool)."""
+        with self._lock:
+            held, self._held = self._held, []
+        for fairy in held:
+            _discard(fairy)
+        self._local = threading.local()
+
+    # -- statements --------------------------------------------------------------------------
+    def claim(
+        self, worker_id: str, keys: Sequence[tuple[str, str]], lease_seconds: float
+    ) -> tuple[str, str, str, str, int, datetime, datetime, str, str | None] | None:
+        """(instance_id, workflow_id, version, step, attempt, started, expires, inputs, results) or None."""
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds}
+        if len(keys) == 1:
+            sql = STEP_CLAIM_ONE_WORKFLOW
+            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
+        else:
+            sql = STEP_CLAIM_MANY_WORKFLOWS
+            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
+        row = self._run("claims", sql, params)
+        if row is None:
+            return None
+        return (str(row[0]), *row[1:])  # type: ignore[return-value]
+
+    def succeed(self, params: dict[str, Any], *, finishes: bool) -> bool:
+        """Accept a success; False if the worker does not hold the step (nothing changed)."""
+        sql = STEP_SUCCEED_AND_FINISH if finishes else STEP_SUCCEED_AND_QUEUE
+        return self._run("durable", sql, params) is not None
+
+    def dispatch(self, params: dict[str, Any]) -> None:
+        self._run("durable", INSTANCES_DISPATCH, params)
+
+
+def _discard(fairy: Any) -> None:
+    """Close a kept connection for good; one that is already broken has nothing to release."""
+    try:
+        fairy.invalidate()
+    except Exception as exc:
+        logger.debug("discarding a connection: %s", exc)
