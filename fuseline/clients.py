@@ -34,6 +34,14 @@ class BrokerClient(ABC):
     def keep_alive(self, worker_id: str) -> list[Lease]:
         """Heartbeat; returns the leases the worker still holds."""
 
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        """Report, then claim the next step: one round trip where the broker allows it.
+
+        Raises what ``report_step`` raises, in which case nothing was claimed.
+        """
+        self.report_step(worker_id, report)
+        return self.get_step(worker_id)
+
     def deregister_worker(self, worker_id: str) -> None:
         """Say goodbye: steps still held go back to the queue at once."""
 
@@ -65,6 +73,9 @@ class LocalBrokerClient(BrokerClient):
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
         return self.broker.keep_alive(worker_id)
+
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        return self.broker.report_and_claim(worker_id, report)
 
     def deregister_worker(self, worker_id: str) -> None:
         self.broker.deregister_worker(worker_id)

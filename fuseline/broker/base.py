@@ -188,6 +188,14 @@ class Broker(ABC):
         the step with a message naming the step and the type.
         """
 
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        """``report_step``, then ``get_step``; brokers may do both in one round trip.
+
+        If the report raises, nothing is claimed.
+        """
+        self.report_step(worker_id, report)
+        return self.get_step(worker_id)
+
     @abstractmethod
     def keep_alive(self, worker_id: str) -> list[Lease]:
         """Heartbeat: extend the leases of the worker's running steps; return them."""

@@ -82,19 +82,24 @@ class ProcessEngine:
         )
         beat.start()
         ran = 0
+        held: StepAssignment | None = None  # claimed together with the last report
         try:
-            while not self._stopping.is_set():
-                assignment = self._retrying(
-                    "claim a step", lambda: self.client.get_step(self.worker_id), stoppable=True
-                )
+            while held is not None or not self._stopping.is_set():
+                assignment, held = held, None
+                if assignment is None:
+                    assignment = self._retrying(
+                        "claim a step", lambda: self.client.get_step(self.worker_id), stoppable=True
+                    )
                 if assignment is None:
                     if not block or (until is not None and until()):
                         break
                     self._idle(poll_interval)
                     continue
-                if self._run(assignment):
+                last = max_steps is not None and ran + 1 >= max_steps
+                counted, held = self._run(assignment, claim_next=not last)
+                if counted:
                     ran += 1
-                if max_steps is not None and ran >= max_steps:
+                if last:
                     break
         finally:
             beat_stop.set()
@@ -131,7 +136,13 @@ class ProcessEngine:
         except BrokerError as exc:
             logger.warning("could not deregister worker %s: %s", self.worker_id, exc)
 
-    def _run(self, assignment: StepAssignment) -> bool:
+    def _run(self, assignment: StepAssignment, *, claim_next: bool) -> tuple[bool, StepAssignment | None]:
+        """Run one step and report it; returns (whether it ran, the next step if one was claimed).
+
+        The report and the next claim travel together when the broker can
+        do both at once; a stop request in the meantime only prevents the
+        claim, never the report.
+        """
         workflow = self.workflows.get((assignment.workflow_id, assignment.version))
         if workflow is None or assignment.step_name not in workflow.steps_by_name:
             logger.warning(
@@ -140,7 +151,7 @@ class ProcessEngine:
                 assignment.workflow_id,
                 assignment.version,
             )
-            return False
+            return False, None
         self._current = assignment
         try:
             execution = run_assignment(workflow, assignment)
@@ -161,15 +172,22 @@ class ProcessEngine:
                 assignment.step_name,
                 assignment.instance_id,
             )
-            return True
+            return True, None
+        self.steps_run += 1
+        # A report is idempotent (an exact replay is accepted), so it is safe
+        # to send again when the connection dropped mid-commit.
         try:
-            # A report is idempotent (an exact replay is accepted), so it is
-            # safe to send again when the connection dropped mid-commit.
+            if claim_next and not self._stopping.is_set():
+                held = self._retrying(
+                    "report",
+                    lambda: self.client.report_and_claim(self.worker_id, report),
+                    stoppable=False,
+                )
+                return True, held
             self._retrying("report", lambda: self.client.report_step(self.worker_id, report), stoppable=False)
         except LeaseLost as exc:
             logger.warning("%s", exc)
-        self.steps_run += 1
-        return True
+        return True, None
 
     def _retrying(self, what: str, call: Callable[[], T], *, stoppable: bool) -> T | None:
         """Call ``call``, waiting out database outages with growing pauses.

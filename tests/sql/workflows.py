@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fuseline import Computed, Depends, Step, Workflow
-from fuseline.broker.base import StepAssignment
+from fuseline.broker.base import StepAssignment, StepReport
 from fuseline.clients import LocalBrokerClient
 
 #: The assignment the worker of this process is running.
@@ -32,6 +32,11 @@ class RecordingClient(LocalBrokerClient):
     def get_step(self, worker_id: str) -> StepAssignment | None:
         global current
         current = super().get_step(worker_id)
+        return current
+
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        global current
+        current = super().report_and_claim(worker_id, report)
         return current
 
 

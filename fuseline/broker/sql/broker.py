@@ -375,8 +375,11 @@ class SqlBroker(Broker):
     def _claim_in_one_statement(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         assert self._hot is not None
         row = self._hot.claim(worker_id, keys, self.lease_seconds)
-        if row is None:
-            return None
+        return self._assignment(row) if row is not None else None
+
+    @staticmethod
+    def _assignment(row: tuple[Any, ...]) -> StepAssignment:
+        """A claim row of the hot path as a StepAssignment."""
         instance_id, workflow_id, version, name, attempt, started, expires, inputs, results = row
         return StepAssignment(
             workflow_id=workflow_id,
@@ -492,24 +495,43 @@ class SqlBroker(Broker):
             )
             self._append(conn, events)
 
-    def _report_in_one_statement(self, worker_id: str, report: StepReport) -> bool:
-        """Record a success in one statement when no other step's state matters.
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        """On PostgreSQL, a fast-path success and the next claim share one round trip."""
+        keys = self._keys_of(worker_id)
+        prepared = self._fast_report(worker_id, report) if len(keys) == 1 else None
+        if prepared is None or time.monotonic() >= self._next_reap:
+            return super().report_and_claim(worker_id, report)
+        assert self._hot is not None
+        params, finishes = prepared
+        accepted, row = self._hot.succeed_and_claim(
+            params, finishes=finishes, workflow=keys[0], lease_seconds=self.lease_seconds
+        )
+        if not accepted:
+            return super().report_and_claim(worker_id, report)  # explains the refusal, or replays
+        return self._assignment(row) if row is not None else self.get_step(worker_id)
 
-        Applies when the step's successors depend on it alone (they are
-        queued) or its success ends the instance (see ``FastReport``). Returns
-        False when it does not apply or the statement changed nothing; the
-        general path then decides (and explains a refusal).
+    def _fast_report(self, worker_id: str, report: StepReport) -> tuple[dict[str, Any], bool] | None:
+        """Parameters of a one-statement success report, and whether it finishes the instance.
+
+        None when the fast path does not apply: not PostgreSQL, a report
+        without attempt or version, a step whose success depends on other
+        steps' states (see ``FastReport``), or a result the general path must
+        turn into a failure.
         """
         if self._hot is None or report.attempt is None or report.version is None:
-            return False
+            return None
+        if reported_state(report) is not Status.SUCCEEDED:
+            return None
         plan = self._plans.get((report.workflow_id, report.version))
         fast = plan.fast_reports.get(report.step_name) if plan is not None else None
         if fast is None:
-            return False
+            return None
+        _worker_uuid(worker_id)
+        _instance_uuid(report.instance_id)
         try:
             result = codec.encode_result(report.step_name, report.result, self.max_result_bytes)
         except (ResultNotSerializable, ResultTooLarge):
-            return False  # the general path fails the step with the message
+            return None
         params: dict[str, Any] = {
             "p_instance_id": report.instance_id,
             "p_workflow_id": report.workflow_id,
@@ -525,7 +547,20 @@ class SqlBroker(Broker):
                 p_consumers=list(fast.consumers),
                 p_inputs_from=json.dumps([report.step_name]),
             )
-        return self._hot.succeed(params, finishes=fast.finalizes)
+        return params, fast.finalizes
+
+    def _report_in_one_statement(self, worker_id: str, report: StepReport) -> bool:
+        """Record a success in one statement when no other step's state matters.
+
+        Returns False when the fast path does not apply or the statement
+        changed nothing; the general path then decides (and explains a refusal).
+        """
+        prepared = self._fast_report(worker_id, report)
+        if prepared is None:
+            return False
+        assert self._hot is not None
+        params, finishes = prepared
+        return self._hot.succeed(params, finishes=finishes)
 
     def _check_replay(self, conn: Connection, worker_id: str, report: StepReport, state: Status) -> None:
         """A report the lease guard refused: an exact replay is fine, anything else is not."""

@@ -61,6 +61,44 @@ STEP_CLAIM_ONE_WORKFLOW = """
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
 """
 
+#: The claim that follows a report in the same round trip: taken only if
+#: that report was accepted (a refused report claims nothing).
+STEP_CLAIM_AFTER_REPORT = """
+    WITH claimed AS (
+        UPDATE fuseline_steps
+           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
+               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
+               started_at = clock_timestamp()
+         WHERE id = (SELECT id FROM fuseline_steps
+                      WHERE state = 'QUEUED'
+                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                        AND available_at <= clock_timestamp()
+                      ORDER BY id LIMIT 1
+                        FOR UPDATE SKIP LOCKED)
+           AND state = 'QUEUED'
+           -- only if the report sent just before this claim was accepted
+           AND EXISTS (SELECT 1 FROM fuseline_steps r
+                        WHERE r.instance_id = CAST(%(p_instance_id)s AS uuid) AND r.name = %(p_name)s
+                          AND r.state = 'SUCCEEDED' AND r.attempt = %(p_attempt)s
+                          AND r.reported_by = CAST(%(p_worker_id)s AS uuid))
+        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                  started_at, lease_expires_at
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM claimed
+    )
+    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+           c.lease_expires_at, i.inputs,
+           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                       || '}'
+              FROM fuseline_steps p
+             WHERE p.instance_id = c.instance_id
+               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+"""
+
 #: The same claim among several workflows (pairs of ids and versions).
 STEP_CLAIM_MANY_WORKFLOWS = """
     WITH claimed AS (
@@ -279,6 +317,39 @@ class PostgresHotPath:
         """Accept a success; False if the worker does not hold the step (nothing changed)."""
         sql = STEP_SUCCEED_AND_FINISH if finishes else STEP_SUCCEED_AND_QUEUE
         return self._run("durable", sql, params) is not None
+
+    def succeed_and_claim(
+        self, params: dict[str, Any], *, finishes: bool, workflow: tuple[str, str], lease_seconds: float
+    ) -> tuple[bool, tuple[Any, ...] | None]:
+        """A success and the next claim of the same worker, pipelined in one round trip.
+
+        The report commits durably first; the claim then runs in its own
+        transaction without waiting for the WAL flush, and only if the report
+        was accepted. Returns (accepted, claimed row or None).
+        """
+        sql = STEP_SUCCEED_AND_FINISH if finishes else STEP_SUCCEED_AND_QUEUE
+        claim = {
+            **params,
+            "p_lease_seconds": lease_seconds,
+            "p_workflow_id": workflow[0],
+            "p_version": workflow[1],
+        }
+        try:
+            connection = self._connection("durable")
+            with connection.pipeline():
+                reported = connection.execute(sql, params)
+                connection.execute("BEGIN")
+                connection.execute("SET LOCAL synchronous_commit = off")
+                claimed = connection.execute(STEP_CLAIM_AFTER_REPORT, claim)
+                connection.execute("COMMIT")
+            accepted = reported.fetchone() is not None
+            row = claimed.fetchone()
+        except Exception as exc:
+            self._drop("durable")
+            raise DatabaseError(f"database error: {self._scrub(str(exc))}") from None
+        if row is None:
+            return accepted, None
+        return accepted, (str(row[0]), *row[1:])
 
     def dispatch(self, params: dict[str, Any]) -> None:
         self._run("durable", INSTANCES_DISPATCH, params)
