@@ -134,6 +134,14 @@ class DatabaseError(FuselineError):
     """The database cannot be used: unreachable, wrong URL, or not migrated."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached right now (restart, failover, network, deadlock victim).
+
+    Workers wait these out and retry; every other DatabaseError (read-only
+    database, missing privilege, missing tables) is permanent and stops them.
+    """
+
+
 class SchemaOutOfDate(DatabaseError):
     """The database schema is missing or behind (or ahead of) this fuseline version."""
 

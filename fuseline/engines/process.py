@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from ..broker.base import StepAssignment
 from ..clients import BrokerClient
-from ..errors import BrokerError, DatabaseError, LeaseLost
+from ..errors import BrokerError, DatabaseUnavailable, LeaseLost
 from ..workflow.workflow import Workflow
 from .assignment import run_assignment
 
@@ -116,7 +116,7 @@ class ProcessEngine:
             try:
                 if self.client.wait_for_work(min(remaining, IDLE_SLICE_SECONDS)):
                     return
-            except DatabaseError as exc:
+            except DatabaseUnavailable as exc:
                 logger.warning("waiting for work failed: %s", exc)
                 self._stopping.wait(min(remaining, IDLE_SLICE_SECONDS))
 
@@ -192,8 +192,9 @@ class ProcessEngine:
     def _retrying(self, what: str, call: Callable[[], T], *, stoppable: bool) -> T | None:
         """Call ``call``, waiting out database outages with growing pauses.
 
-        Only :class:`~fuseline.errors.DatabaseError` (connection lost,
-        server restarting) is retried; anything else is a real answer. A
+        Only :class:`~fuseline.errors.DatabaseUnavailable` (connection lost,
+        server restarting, deadlock victim) is retried; anything else, a
+        read-only database included, is a real answer and stops the worker. A
         ``stoppable`` call gives up (returns None) when ``stop()`` is asked
         during the outage; a report never gives up, since a result is not
         to be lost while the worker can still deliver it.
@@ -202,7 +203,7 @@ class ProcessEngine:
         while True:
             try:
                 result = call()
-            except DatabaseError as exc:
+            except DatabaseUnavailable as exc:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
                 logger.warning("database unavailable (%s failed: %s); retrying in %.1fs", what, exc, delay)

@@ -23,7 +23,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import (
-    DatabaseError,
     InvalidTransition,
     LeaseLost,
     ReportConflict,
@@ -54,7 +53,7 @@ from ..dag import Progress, StepView, WorkflowPlan
 from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
-from .engine import create_claim_engine, create_database_engine, mask_url, scrub
+from .engine import create_claim_engine, create_database_engine, database_error, mask_url, scrub
 from .hotpath import PostgresHotPath
 from .listener import WorkListener
 from .queries import Queries, queries_for
@@ -165,7 +164,12 @@ class SqlBroker(Broker):
                 schema_migrations.check_current(self.engine)
         except DBAPIError as exc:
             self.close()
-            raise DatabaseError(f"cannot use the database {self.url}: {self._scrub(exc.orig)}") from None
+            raise database_error(
+                exc.orig,
+                f"cannot use the database {self.url}",
+                self.engine.url,
+                connection_invalidated=exc.connection_invalidated,
+            ) from None
         except BaseException:
             self.close()
             raise
@@ -194,7 +198,12 @@ class SqlBroker(Broker):
             with self.engine.begin() as connection:
                 yield connection
         except DBAPIError as exc:
-            raise DatabaseError(f"database error on {self.url}: {self._scrub(exc.orig)}") from None
+            raise database_error(
+                exc.orig,
+                f"database error on {self.url}",
+                self.engine.url,
+                connection_invalidated=exc.connection_invalidated,
+            ) from None
 
     # -- definitions ---------------------------------------------------------------------
     def _store_schemas(

@@ -80,6 +80,37 @@ def scrub(message: str, url: str | URL | None) -> str:
     return message
 
 
+#: SQLSTATE classes and codes that mean "try again": the connection failed or
+#: was cut (08), the server is shutting down or starting (57P01-57P03), too
+#: many connections (53300), or the transaction lost a race (40001, 40P01).
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+
+
+def is_transient(error: BaseException, *, connection_invalidated: bool = False) -> bool:
+    """Whether a driver error is worth retrying (see ``DatabaseUnavailable``)."""
+    if connection_invalidated:
+        return True
+    sqlstate = getattr(error, "sqlstate", None)
+    if sqlstate:
+        return sqlstate.startswith(_TRANSIENT_SQLSTATES)
+    # No SQLSTATE: the client could not talk to the server at all (refused,
+    # reset, timed out), or SQLite's lock wait ran out.
+    name = type(error).__name__
+    return name in ("OperationalError", "InterfaceError")
+
+
+def database_error(
+    error: BaseException, where: str, url: str | URL | None, *, connection_invalidated: bool = False
+):
+    """The fuseline error for a driver error: DatabaseUnavailable if transient, else DatabaseError."""
+    from ...errors import DatabaseUnavailable
+
+    message = f"{where}: {scrub(str(error), url)}"
+    if is_transient(error, connection_invalidated=connection_invalidated):
+        return DatabaseUnavailable(message)
+    return DatabaseError(message)
+
+
 def create_database_engine(url: str | URL, **options: Any) -> Engine:
     """An Engine for ``url`` tuned for fuseline's short transactions."""
     parsed = parse_url(url)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from ...errors import DatabaseError
+from ...errors import DatabaseError, DatabaseUnavailable
 
 logger = logging.getLogger("fuseline.broker")
 
@@ -277,7 +277,13 @@ class PostgresHotPath:
             return cursor.fetchone()
         except Exception as exc:
             self._drop(kind)
-            raise DatabaseError(f"database error: {self._scrub(str(exc))}") from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: Exception) -> DatabaseError:
+        from .engine import is_transient
+
+        message = f"database error: {self._scrub(str(exc))}"
+        return DatabaseUnavailable(message) if is_transient(exc) else DatabaseError(message)
 
     def _drop(self, kind: str) -> None:
         fairy = getattr(self._local, kind, None)
@@ -346,7 +352,7 @@ class PostgresHotPath:
             row = claimed.fetchone()
         except Exception as exc:
             self._drop("durable")
-            raise DatabaseError(f"database error: {self._scrub(str(exc))}") from None
+            raise self._error(exc) from None
         if row is None:
             return accepted, None
         return accepted, (str(row[0]), *row[1:])
