@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format chaos bench clean
+.PHONY: install demo test lint format chaos bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## bench: fuseline, the peers and the PostgreSQL ceiling in one run (about 15 minutes)
+bench: $(STAMP)
+	bash bench/peers/run_all.sh
+	$(PY) bench/fuseline_bench.py
+	$(PY) bench/report.py | tee bench/results/report.md
+
+bench-quick: $(STAMP)
+	bash bench/peers/run_all.sh --quick
+	$(PY) bench/fuseline_bench.py --quick
+	$(PY) bench/report.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,148 @@
+"""Print fuseline's figures next to the peers' and the PostgreSQL ceiling, as ratios.
+
+Reads ``bench/results/{fuseline,procrastinate,pgqueuer,dbos,pgbench}.json`` as
+written by the same ``make bench`` run and prints a Markdown table. A ratio
+is "fuseline is N times better": rate / rate, or time / time inverted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = ("procrastinate", "pgqueuer", "dbos")
+
+
+def load(name: str) -> dict[str, Any]:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def dig(data: dict[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data if isinstance(data, (int, float)) else None
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "/s":
+        return f"{value:,.0f} /s"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    return f"{value:.2f} s"
+
+
+def ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> str:
+    if not ours or not theirs:
+        return "-"
+    value = ours / theirs if higher_is_better else theirs / ours
+    return f"{value:.2f}x"
+
+
+def main() -> int:
+    fuseline = load("fuseline")
+    peers = {name: load(name).get("figures", {}) for name in PEERS}
+    ceiling = load("pgbench").get("figures", {})
+    if not fuseline:
+        print("no bench/results/fuseline.json: run bench/fuseline_bench.py first", file=sys.stderr)
+        return 1
+    sizes = fuseline.get("sizes", {})
+    rows = [
+        # label, fuseline value, unit, peer key, ceiling key, higher is better
+        (
+            "no-op drain, 1 worker",
+            dig(fuseline, "pg_drain_noop_c1", "steps_per_s"),
+            "/s",
+            "drain_c1_per_s",
+            "claim_then_complete_c1_per_s",
+            True,
+        ),
+        (
+            "no-op drain, 4 workers",
+            dig(fuseline, "pg_drain_noop_c4", "steps_per_s"),
+            "/s",
+            "drain_c4_per_s",
+            "claim_then_complete_c4_per_s",
+            True,
+        ),
+        (
+            f"{sizes.get('chains', 2000):,} chains of 3, 4 workers",
+            dig(fuseline, "pg_drain_chain3_c4", "seconds"),
+            "s",
+            "chain3_2000_c4_s",
+            None,
+            False,
+        ),
+        ("idle pickup p50", dig(fuseline, "pg_pickup", "p50_ms"), "ms", "pickup_p50_ms", None, False),
+        ("idle pickup p99", dig(fuseline, "pg_pickup", "p99_ms"), "ms", "pickup_p99_ms", None, False),
+        (
+            "dispatch one by one",
+            dig(fuseline, "pg_dispatch", "one_by_one_per_s"),
+            "/s",
+            "enqueue_one_per_s",
+            None,
+            True,
+        ),
+        (
+            "dispatch batched",
+            dig(fuseline, "pg_dispatch", "batched_per_s"),
+            "/s",
+            "enqueue_batch_per_s",
+            None,
+            True,
+        ),
+    ]
+    header = ["figure", "fuseline", *PEERS, "SQL ceiling", *(f"vs {p}" for p in PEERS), "% of ceiling"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for label, ours, unit, peer_key, ceiling_key, higher in rows:
+        theirs = [dig(peers[p], peer_key) for p in PEERS]
+        top = dig(ceiling, ceiling_key) if ceiling_key else None
+        share = f"{100 * ours / top:.0f}%" if ours and top else "-"
+        cells = [label, fmt(ours, unit), *(fmt(t, unit) for t in theirs), fmt(top, unit)]
+        cells += [ratio(ours, t, higher) for t in theirs] + [share]
+        print("| " + " | ".join(cells) + " |")
+    extra = [
+        ("chain of 3, 1 worker", fmt(dig(fuseline, "pg_drain_chain3_c1", "seconds"), "s")),
+        (
+            "no-op drain, 4 workers, SQL ceiling in one transaction",
+            fmt(dig(ceiling, "claim_complete_1tx_c4_per_s"), "/s"),
+        ),
+        (
+            "pickup with --no-listen (polling every 0.05 s)",
+            f"{fmt(dig(fuseline, 'pg_pickup_no_listen', 'p50_ms'), 'ms')} / "
+            f"{fmt(dig(fuseline, 'pg_pickup_no_listen', 'p99_ms'), 'ms')}",
+        ),
+        ("claim+report cost, 1k vs 1M finished rows", f"{dig(fuseline, 'pg_claim_report_ms', 'ratio')}x"),
+        (
+            "worker RSS idle / busy",
+            f"{dig(fuseline, 'worker_rss', 'idle_mb')} / {dig(fuseline, 'worker_rss', 'busy_mb')} MB",
+        ),
+        (
+            "SQLite no-op drain, 1 / 4 workers",
+            f"{fmt(dig(fuseline, 'sqlite_drain_noop_c1', 'steps_per_s'), '/s')} / "
+            f"{fmt(dig(fuseline, 'sqlite_drain_noop_c4', 'steps_per_s'), '/s')}",
+        ),
+        (
+            "SQLite pickup p50 / p99",
+            f"{fmt(dig(fuseline, 'sqlite_pickup', 'p50_ms'), 'ms')} / "
+            f"{fmt(dig(fuseline, 'sqlite_pickup', 'p99_ms'), 'ms')}",
+        ),
+    ]
+    print()
+    for label, value in extra:
+        print(f"- {label}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
