@@ -55,12 +55,15 @@ class ResultNotSerializable(FuselineError):
 class ResultTooLarge(FuselineError):
     """A step result is larger than the broker's ``max_result_bytes``."""
 
-    def __init__(self, step_name: str, size: int, limit: int) -> None:
+    def __init__(self, step_name: str, size: int, limit: int, *, exact: bool = True) -> None:
         self.step_name = step_name
+        #: The size of the JSON text, or (``exact=False``) how much of it was counted
+        #: before giving up: large results are refused without being encoded whole.
         self.size = size
         self.limit = limit
+        amount = f"{size}" if exact else f"at least {size}"
         super().__init__(
-            f"step {step_name!r} returned {size} bytes of JSON, more than the limit of "
+            f"step {step_name!r} returned {amount} bytes of JSON, more than the limit of "
             f"{limit} bytes; store large data elsewhere and return a reference to it"
         )
 
@@ -120,6 +123,21 @@ class LeaseLost(BrokerError):
         self.instance_id = instance_id
         self.step_name = step_name
         super().__init__(f"report for step {step_name!r} of instance {instance_id!r} rejected: {detail}")
+
+
+class CorruptStoredValue(BrokerError):
+    """A value read from the database is not JSON, so fuseline did not write it.
+
+    fuseline stores inputs and results as JSON text only and never unpickles
+    or evaluates what it reads: anything else (a damaged row, a pickle written
+    by another program) is refused with this error instead of being run.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"a value stored in the database is not valid JSON ({detail}); fuseline writes only "
+            "JSON and never unpickles or evaluates stored data, so the row was changed outside fuseline"
+        )
 
 
 class ReportConflict(BrokerError):

@@ -19,7 +19,7 @@ def expire_leases(engine: Engine, step_name: str | None = None) -> int:
     if engine.dialect.name == "postgresql":
         past = "now() - interval '1 minute'"
     else:
-        # the format the broker writes: strftime('%Y-%m-%d %H:%M:%f') plus three digits of microseconds
+        # the format the broker writes (YYYY-MM-DD HH:MM:SS.ffffff, UTC), a minute ago
         past = "strftime('%Y-%m-%d %H:%M:%f', 'now', '-60 seconds') || '000'"
     where = "state = 'RUNNING'" + (" AND name = :name" if step_name is not None else "")
     with engine.begin() as conn:

@@ -2,9 +2,14 @@
 
 - **Clock.** Leases, availability and timestamps use the database clock so
   workers with skewed clocks agree. PostgreSQL: ``clock_timestamp()`` (read
-  after any lock is taken, so it orders reports correctly). SQLite stores
-  times as text; fuseline writes them as ``YYYY-MM-DD HH:MM:SS.ffffff`` in
-  UTC, the format SQLAlchemy uses, so text comparison is time comparison.
+  after any lock is taken, so it orders reports correctly). SQLite lives on
+  one machine, whose clock is the database clock; its own ``'now'`` has only
+  millisecond resolution, too coarse to order two reports, so each
+  connection gets SQL functions ``fuseline_now()`` and
+  ``fuseline_now_plus(seconds)`` (see ``engine.configure_sqlite``) that read
+  that clock to the microsecond. Times are stored as text in
+  ``YYYY-MM-DD HH:MM:SS.ffffff`` UTC, the format SQLAlchemy uses, so text
+  comparison is time comparison.
 - **Claims.** PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` so workers
   never wait on each other. SQLite has no row locks: every write
   transaction starts with ``BEGIN IMMEDIATE`` (one writer at a time, the
@@ -17,11 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, func, literal
+from sqlalchemy import ColumnElement, Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
-
-_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
 
 
 @dataclass(frozen=True)
@@ -41,14 +44,13 @@ class Dialect:
         """The database's current time."""
         if self.is_postgresql:
             return func.clock_timestamp()
-        return func.strftime(_SQLITE_TIME_FORMAT, "now").concat("000")
+        return func.fuseline_now()
 
     def now_plus(self, seconds: Any) -> ColumnElement[Any]:
         """The database's current time plus ``seconds`` (a number or bound parameter)."""
         if self.is_postgresql:
             return func.clock_timestamp() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
-        modifier = literal("+").concat(seconds).concat(" seconds")
-        return func.strftime(_SQLITE_TIME_FORMAT, "now", modifier).concat("000")
+        return func.fuseline_now_plus(seconds)
 
     def insert_ignoring_conflicts(self, table: Table) -> Insert:
         """INSERT that does nothing when the primary key already exists."""

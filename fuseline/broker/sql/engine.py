@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote
 
@@ -169,6 +170,18 @@ def _sqlite_engine(url: URL, **options: Any) -> Engine:
     return engine
 
 
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def sqlite_now() -> str:
+    """SQLite's database clock, to the microsecond (see ``dialects``): this machine's UTC time."""
+    return datetime.now(timezone.utc).strftime(_SQLITE_TIME_FORMAT)
+
+
+def sqlite_now_plus(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=float(seconds))).strftime(_SQLITE_TIME_FORMAT)
+
+
 def configure_sqlite(engine: Engine) -> None:
     """WAL, a busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` for every transaction.
 
@@ -181,6 +194,8 @@ def configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # fuseline issues BEGIN itself
+        dbapi_connection.create_function("fuseline_now", 0, sqlite_now)
+        dbapi_connection.create_function("fuseline_now_plus", 1, sqlite_now_plus)
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
         cursor.execute("PRAGMA journal_mode = WAL")

@@ -147,46 +147,9 @@ class Queries:
 
         # -- steps: reports and the rules ---------------------------------------------------
         #: The fencing write: accepted only from the holder of the current lease.
-        self.step_finish_if_held: Update = (
-            update(steps)
-            .where(
-                steps.c.instance_id == bindparam("p_instance_id"),
-                steps.c.name == bindparam("p_name"),
-                steps.c.state == RUNNING,
-                steps.c.worker_id == bindparam("p_worker_id"),
-                steps.c.attempt == bindparam("p_attempt"),
-            )
-            .values(
-                state=bindparam("p_state"),
-                result=bindparam("p_result"),
-                error=bindparam("p_error"),
-                action=bindparam("p_action"),
-                reported_by=bindparam("p_worker_id"),
-                lease_expires_at=None,
-                finished_at=now,
-            )
-            .returning(steps.c.attempt)
-        )
+        self.step_finish_if_held: Update = self._finish_if_held(now, match_attempt=True)
         #: The same write for reports without an attempt number: the one this worker holds.
-        self.step_finish_if_held_any_attempt: Update = (
-            update(steps)
-            .where(
-                steps.c.instance_id == bindparam("p_instance_id"),
-                steps.c.name == bindparam("p_name"),
-                steps.c.state == RUNNING,
-                steps.c.worker_id == bindparam("p_worker_id"),
-            )
-            .values(
-                state=bindparam("p_state"),
-                result=bindparam("p_result"),
-                error=bindparam("p_error"),
-                action=bindparam("p_action"),
-                reported_by=bindparam("p_worker_id"),
-                lease_expires_at=None,
-                finished_at=now,
-            )
-            .returning(steps.c.attempt)
-        )
+        self.step_finish_if_held_any_attempt: Update = self._finish_if_held(now, match_attempt=False)
         self.step_get: Select = select(
             steps.c.state, steps.c.worker_id, steps.c.reported_by, steps.c.attempt, steps.c.result
         ).where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.name == bindparam("p_name"))
@@ -316,6 +279,31 @@ class Queries:
         self.events_append: Insert = insert(events).values(at=now)
         self.events_of_instance: Select = (
             select(events).where(events.c.instance_id == bindparam("p_instance_id")).order_by(events.c.id)
+        )
+
+    @staticmethod
+    def _finish_if_held(now, *, match_attempt: bool) -> Update:
+        held = [
+            steps.c.instance_id == bindparam("p_instance_id"),
+            steps.c.name == bindparam("p_name"),
+            steps.c.state == RUNNING,
+            steps.c.worker_id == bindparam("p_worker_id"),
+        ]
+        if match_attempt:
+            held.append(steps.c.attempt == bindparam("p_attempt"))
+        return (
+            update(steps)
+            .where(*held)
+            .values(
+                state=bindparam("p_state"),
+                result=bindparam("p_result"),
+                error=bindparam("p_error"),
+                action=bindparam("p_action"),
+                reported_by=bindparam("p_worker_id"),
+                lease_expires_at=None,
+                finished_at=now,
+            )
+            .returning(steps.c.attempt)
         )
 
     def _claim(self, workflow_filter, now, lease_end) -> Update:

@@ -181,5 +181,8 @@ def _check_instances(conn: Connection) -> list[Violation]:
     return found
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive UTC times; steps that have not finished have none (None)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
