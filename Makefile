@@ -34,6 +34,11 @@ bench-quick: $(STAMP)
 	$(PY) bench/fuseline_bench.py --quick
 	$(PY) bench/report.py
 
+## chaos: the chaos tests (tests/chaos) at the reliability matrix's full scale; takes a while.
+## Each test prints its numbers; FUSELINE_CHAOS_REPORT=path.json also collects them in one file.
+chaos: $(STAMP)
+	FUSELINE_CHAOS_SCALE=full $(PY) -m pytest tests/chaos -s $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

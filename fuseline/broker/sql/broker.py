@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import (
+    BrokerError,
     InvalidTransition,
     LeaseLost,
     ReportConflict,
@@ -53,9 +55,17 @@ from ..dag import Progress, StepView, WorkflowPlan
 from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
-from .engine import create_claim_engine, create_database_engine, database_error, mask_url, scrub
+from .engine import (
+    IDLE_IN_TRANSACTION_SECONDS,
+    create_claim_engine,
+    create_database_engine,
+    database_error,
+    mask_url,
+    scrub,
+)
 from .hotpath import PostgresHotPath
 from .listener import WorkListener
+from .models import instances, steps
 from .queries import Queries, queries_for
 
 #: At most this many expired leases are handled per reaper pass.
@@ -130,6 +140,8 @@ class SqlBroker(Broker):
             raise ValueError("lease_seconds must be > 0")
         self.lease_seconds = float(lease_seconds)
         self.max_result_bytes = max_result_bytes
+        # A transaction idle this long lost its worker: let the server end it (see engine.py).
+        idle_seconds = max(1.0, min(self.lease_seconds / 2, IDLE_IN_TRANSACTION_SECONDS))
         if isinstance(url_or_engine, Engine):
             self.engine = url_or_engine
             self._owns_engine = False
@@ -138,14 +150,18 @@ class SqlBroker(Broker):
 
                 configure_sqlite(self.engine)
         else:
-            self.engine = create_database_engine(url_or_engine)
+            self.engine = create_database_engine(url_or_engine, idle_in_transaction_seconds=idle_seconds)
             self._owns_engine = True
         self.url = mask_url(self.engine.url)
         self.q: Queries = queries_for(self.engine.dialect.name)
         is_postgresql = self.engine.dialect.name == "postgresql"
         #: One-statement claims, reports and dispatches (PostgreSQL); SQLite runs the general path.
         self._claims_engine = (
-            create_claim_engine(self.engine, owned=self._owns_engine) if is_postgresql else None
+            create_claim_engine(
+                self.engine, owned=self._owns_engine, idle_in_transaction_seconds=idle_seconds
+            )
+            if is_postgresql
+            else None
         )
         self._hot = (
             PostgresHotPath(self.engine, self._claims_engine, self._scrub)
@@ -155,6 +171,10 @@ class SqlBroker(Broker):
         self._listener = WorkListener(self.engine) if is_postgresql and listen else None
         self._plans: dict[tuple[str, str], WorkflowPlan] = {}
         self._worker_keys: dict[str, list[tuple[str, str]]] = {}
+        #: Per worker registered here, the steps handed to it and not reported yet
+        #: (instance, step, attempt): the only leases its heartbeats extend.
+        self._handed: dict[str, set[tuple[str, str, int]]] = {}
+        self._handed_lock = threading.Lock()
         self._reap_interval = max(0.05, min(self.lease_seconds / 4, 5.0))
         self._next_reap = 0.0
         try:
@@ -277,6 +297,8 @@ class SqlBroker(Broker):
             )
         self._plans.update(plans)
         self._worker_keys[worker_id] = keys
+        with self._handed_lock:
+            self._handed[worker_id] = set()
         return worker_id
 
     def _keys_of(self, worker_id: str) -> list[tuple[str, str]]:
@@ -304,17 +326,54 @@ class SqlBroker(Broker):
                 [_event(r.instance_id, "released", r.name, r.attempt, worker_id) for r in released],
             )
         self._worker_keys.pop(worker_id, None)
+        with self._handed_lock:
+            self._handed.pop(worker_id, None)
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
+        """Extend the leases of the steps handed to the worker (all it holds, for a worker
+        registered through another broker object) and return them."""
         _worker_uuid(worker_id)
+        with self._handed_lock:
+            handed = set(self._handed[worker_id]) if worker_id in self._handed else None
+        params = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         with self._transaction() as conn:
             if conn.execute(self.q.worker_heartbeat, {"p_worker_id": worker_id}).rowcount == 0:
                 raise UnknownWorker(worker_id)
-            rows = conn.execute(
-                self.q.steps_extend_leases,
-                {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds},
-            ).all()
+            if handed is None:
+                rows = conn.execute(self.q.steps_extend_leases, params).all()
+            elif handed:
+                held = {**params, "p_held": sorted(handed)}
+                rows = conn.execute(self.q.steps_extend_held_leases, held).all()
+            else:
+                rows = []
+        if handed is not None:
+            kept = {(str(r.instance_id), r.name, r.attempt) for r in rows}
+            with self._handed_lock:  # those no longer held (taken over, finished) are forgotten
+                self._handed.get(worker_id, set()).difference_update(handed - kept)
         return [Lease(r.instance_id, r.name, r.attempt, _aware(r.lease_expires_at)) for r in rows]  # type: ignore[arg-type]
+
+    def _hand(self, worker_id: str, assignment: StepAssignment | None) -> StepAssignment | None:
+        """Remember a step handed to a worker registered here (its heartbeats renew it)."""
+        if assignment is not None:
+            with self._handed_lock:
+                held = self._handed.get(worker_id)
+                if held is not None:
+                    held.add((str(assignment.instance_id), assignment.step_name, assignment.attempt))
+        return assignment
+
+    def _forget(self, worker_id: str, report: StepReport) -> None:
+        """A step the worker reported (accepted or refused) is no longer its to renew."""
+        with self._handed_lock:
+            held = self._handed.get(worker_id)
+            if held:
+                instance_id = str(report.instance_id)
+                held.difference_update(
+                    [
+                        key
+                        for key in held
+                        if key[:2] == (instance_id, report.step_name) and report.attempt in (None, key[2])
+                    ]
+                )
 
     def wait_for_work(self, timeout: float) -> bool:
         """PostgreSQL: wait for a NOTIFY from a transaction that queued work; SQLite: a short poll."""
@@ -343,7 +402,7 @@ class SqlBroker(Broker):
             # Nothing queued: an expired lease may be all that is left to do.
             self._reap_expired()
             assignment = self._claim(worker_id, keys)
-        return assignment
+        return self._hand(worker_id, assignment)
 
     def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         if not keys:
@@ -447,6 +506,14 @@ class SqlBroker(Broker):
 
     # -- reporting ---------------------------------------------------------------------------
     def report_step(self, worker_id: str, report: StepReport) -> None:
+        try:
+            self._report_step(worker_id, report)
+        except (LeaseLost, ReportConflict):
+            self._forget(worker_id, report)
+            raise
+        self._forget(worker_id, report)
+
+    def _report_step(self, worker_id: str, report: StepReport) -> None:
         state = reported_state(report)
         _worker_uuid(worker_id)
         _instance_uuid(report.instance_id)
@@ -516,8 +583,36 @@ class SqlBroker(Broker):
             params, finishes=finishes, workflow=keys[0], lease_seconds=self.lease_seconds
         )
         if not accepted:
-            return super().report_and_claim(worker_id, report)  # explains the refusal, or replays
-        return self._assignment(row) if row is not None else self.get_step(worker_id)
+            # Refused, or a replay of a report accepted earlier: the claim's guard (this step
+            # SUCCEEDED at this attempt, reported by this worker) holds for a replay too, so a
+            # step may have been claimed all the same. Hand it out (a replay), or give it back.
+            claimed = self._assignment(row) if row is not None else None
+            try:
+                self.report_step(worker_id, report)  # explains the refusal; an exact replay is fine
+            except BrokerError:
+                if claimed is not None:
+                    self._give_back(worker_id, claimed)
+                raise
+            return self._hand(worker_id, claimed) if claimed is not None else self.get_step(worker_id)
+        self._forget(worker_id, report)
+        if row is None:
+            return self.get_step(worker_id)
+        return self._hand(worker_id, self._assignment(row))
+
+    def _give_back(self, worker_id: str, assignment: StepAssignment) -> None:
+        """Queue again a step claimed for a worker that is never told (its attempt is refunded)."""
+        release = self.q.steps_release_of_worker.where(
+            steps.c.instance_id == assignment.instance_id,
+            steps.c.name == assignment.step_name,
+            steps.c.attempt == assignment.attempt,
+        )
+        with self._transaction() as conn:
+            released = conn.execute(release, {"p_worker_id": worker_id}).all()
+            if released:
+                self._announce_work(conn)
+            self._append(
+                conn, [_event(r.instance_id, "released", r.name, r.attempt, worker_id) for r in released]
+            )
 
     def _fast_report(self, worker_id: str, report: StepReport) -> tuple[dict[str, Any], bool] | None:
         """Parameters of a one-statement success report, and whether it finishes the instance.
@@ -770,8 +865,6 @@ class SqlBroker(Broker):
         limit: int = 50,
         offset: int = 0,
     ) -> list[InstanceInfo]:
-        from .models import instances
-
         query = instances.select().order_by(instances.c.created_at.desc(), instances.c.id.desc())
         if status is not None:
             query = query.where(instances.c.status == Status(status).value)

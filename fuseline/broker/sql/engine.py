@@ -25,7 +25,12 @@ SQLITE_BUSY_TIMEOUT_SECONDS = 60
 #: Seconds to wait for a PostgreSQL connection before reporting it unreachable.
 CONNECT_TIMEOUT_SECONDS = 10
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
+#: "user:password@host..." in URL text, parsable or not (no scheme, a bad port). The password
+#: runs to the last "@" before the path: a raw "@" in a password is a common mistake, and must
+#: not leave the rest of it showing.
+_PASSWORD_IN_URL = re.compile(
+    r"^((?:[A-Za-z][\w+.-]*://)?[^:/@\s]*:)([^/?#\s]*)@([^@/?#\s]*(?:[/?#].*)?)$", re.DOTALL
+)
 _CONFIGURED_SQLITE: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -35,6 +40,8 @@ def parse_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
         raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: {scrub(str(exc), url)}") from None
+    if parsed.host and "@" in parsed.host:  # "user:p@ss@host": the rest of the password became the host
+        raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: write an @ in the password as %40")
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres"):
@@ -52,13 +59,16 @@ def parse_url(url: str | URL) -> URL:
 
 
 def mask_url(url: str | URL) -> str:
-    """The URL with its password replaced by ``***``."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+    """The URL with its password (in the user part or a ``password`` parameter) replaced by ``***``."""
+    if isinstance(url, str):
+        text = _PASSWORD_IN_URL.sub(r"\1***@\3", url)
+        try:
+            url = make_url(text)
+        except (ArgumentError, ValueError):
+            return text
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "-"})
+    return url.render_as_string(hide_password=True).replace("password=-", "password=***")
 
 
 def scrub(message: str, url: str | URL | None) -> str:
@@ -70,11 +80,14 @@ def scrub(message: str, url: str | URL | None) -> str:
         parsed = make_url(url)
         if parsed.password:
             secrets.add(str(parsed.password))
+        in_query = parsed.query.get("password")
+        secrets.update([in_query] if isinstance(in_query, str) else in_query or ())
     except (ArgumentError, ValueError):
         pass
-    match = _PASSWORD_IN_URL.search(str(url))
+    text = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    match = _PASSWORD_IN_URL.match(text)
     if match:
-        raw = str(url)[match.end(1) : match.end() - 1]
+        raw = match.group(2)
         secrets.update({raw, unquote(raw)})
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         message = message.replace(secret, "***")
@@ -83,8 +96,20 @@ def scrub(message: str, url: str | URL | None) -> str:
 
 #: SQLSTATE classes and codes that mean "try again": the connection failed or
 #: was cut (08), the server is shutting down or starting (57P01-57P03), too
-#: many connections (53300), or the transaction lost a race (40001, 40P01).
-_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01")
+#: many connections (53300), the transaction lost a race (40001, 40P01), or
+#: the server ended a transaction left idle too long (25P03, see below).
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25P03")
+
+#: fuseline's transactions never wait on anything but the database, so one
+#: left idle this long lost its client (a network partition mid-transaction).
+#: The server then ends it and releases its row locks, so the steps it held
+#: can be reaped and re-run instead of staying locked until the network heals.
+#: Brokers shorten it to half their lease.
+IDLE_IN_TRANSACTION_SECONDS = 5.0
+
+
+def _session_options(idle_in_transaction_seconds: float) -> str:
+    return f"-c idle_in_transaction_session_timeout={round(idle_in_transaction_seconds * 1000)}"
 
 
 def is_transient(error: BaseException, *, connection_invalidated: bool = False) -> bool:
@@ -112,12 +137,18 @@ def database_error(
     return DatabaseError(message)
 
 
-def create_database_engine(url: str | URL, **options: Any) -> Engine:
+def create_database_engine(
+    url: str | URL, *, idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS, **options: Any
+) -> Engine:
     """An Engine for ``url`` tuned for fuseline's short transactions."""
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **options)
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "fuseline"}
+    connect_args = {
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "application_name": "fuseline",
+        "options": _session_options(idle_in_transaction_seconds),
+    }
     connect_args.update(options.pop("connect_args", {}))
     return create_engine(
         parsed,
@@ -129,7 +160,9 @@ def create_database_engine(url: str | URL, **options: Any) -> Engine:
     )
 
 
-def create_claim_engine(engine: Engine, *, owned: bool) -> Engine:
+def create_claim_engine(
+    engine: Engine, *, owned: bool, idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS
+) -> Engine:
     """The engine claims run on: autocommit, and on PostgreSQL without waiting for the WAL flush.
 
     A claim need not be durable: if the database crashes before flushing it,
@@ -151,7 +184,7 @@ def create_claim_engine(engine: Engine, *, owned: bool) -> Engine:
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "application_name": "fuseline-claims",
-            "options": "-c synchronous_commit=off",
+            "options": "-c synchronous_commit=off " + _session_options(idle_in_transaction_seconds),
         },
     )
 

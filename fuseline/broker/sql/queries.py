@@ -197,6 +197,15 @@ class Queries:
             .values(lease_expires_at=lease_end)
             .returning(steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.lease_expires_at)
         )
+        #: The same for the steps handed to the worker only (``p_held``: instance, name, attempt).
+        #: A claim that committed but whose reply never reached the worker (the connection
+        #: dropped) is not renewed: it expires and is queued again, instead of staying RUNNING
+        #: for as long as the worker that does not know it holds it keeps beating.
+        self.steps_extend_held_leases: Update = self.steps_extend_leases.where(
+            tuple_(steps.c.instance_id, steps.c.name, steps.c.attempt).in_(
+                bindparam("p_held", expanding=True)
+            )
+        )
         #: Expired leases with attempts left, locked so concurrent reapers split the work.
         self.steps_expired_requeueable: Select = self._expired(
             steps.c.attempt < steps.c.max_attempts, lock=True

@@ -1,0 +1,145 @@
+"""How big the chaos tests run, decided in this one place, and where their numbers go.
+
+``make test`` runs them scaled down (the whole folder in a few minutes on a
+2-core box); ``make chaos`` sets ``FUSELINE_CHAOS_SCALE=full`` for the sizes
+of the reliability matrix (/work/shared/RELIABILITY.md). Every test prints
+its numbers (shown with ``-s``) and, when ``FUSELINE_CHAOS_REPORT`` names a
+file, adds them to a JSON summary there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+SCALE_ENV = "FUSELINE_CHAOS_SCALE"
+REPORT_ENV = "FUSELINE_CHAOS_REPORT"
+
+FULL = os.environ.get(SCALE_ENV, "").strip().lower() == "full"
+SCALE = "full" if FULL else "scaled"
+
+T = TypeVar("T")
+
+
+def pick(scaled: T, full: T) -> T:
+    return full if FULL else scaled
+
+
+@dataclass(frozen=True)
+class CrashChaos:
+    """Item 1: workers SIGKILLed at random while they drain diamonds."""
+
+    workers: int
+    instances: int
+    lease_seconds: float
+    kill_every: float
+    #: Seconds the step body sleeps (a few ms of "work").
+    pause: float = 0.005
+
+
+CRASH_POSTGRES = CrashChaos(
+    workers=pick(4, 8), instances=pick(300, 5_000), lease_seconds=pick(2.0, 5.0), kill_every=pick(1.0, 0.5)
+)
+CRASH_SQLITE = CrashChaos(
+    workers=2, instances=pick(60, 200), lease_seconds=pick(2.0, 5.0), kill_every=pick(1.0, 0.5)
+)
+
+#: Item 4 and 8: the lease of the hung or partitioned worker.
+HUNG_LEASE_SECONDS = 2.0
+PARTITION_LEASE_SECONDS = 2.0
+
+#: Item 5: B and C of a diamond report at the same moment, this many times per join kind.
+JOIN_RACES = pick(100, 1_000)
+
+
+@dataclass(frozen=True)
+class Contention:
+    claimers: int
+    steps: int
+
+
+#: Item 6: many claimers on one queue.
+CONTENTION_POSTGRES = Contention(claimers=pick(8, 32), steps=pick(2_000, 10_000))
+CONTENTION_SQLITE = Contention(claimers=pick(4, 8), steps=pick(500, 2_000))
+
+
+@dataclass(frozen=True)
+class Restart:
+    workers: int
+    instances: int
+    lease_seconds: float
+    #: Each wave of instances is dispatched after one disruption, so every
+    #: worker has work to show it recovered.
+    waves: int = 4
+
+
+#: Item 7: the database restarted twice and every session terminated while workers run.
+RESTART = Restart(workers=4, instances=pick(200, 500), lease_seconds=3.0)
+#: Seconds a worker may take to work again after the database is back.
+RECOVERY_LIMIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Poison:
+    workers: int
+    #: Healthy single-step instances in each of the two runs (baseline, with poison).
+    instances: int
+    lease_seconds: float
+    pause: float
+
+
+#: Item 10: a step that kills its worker, and the throughput of everything else.
+POISON = Poison(workers=4, instances=pick(2_000, 6_000), lease_seconds=1.0, pause=0.02)
+#: Healthy throughput with the poison step must stay at least this share of the baseline.
+POISON_MIN_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class Bloat:
+    #: Steps drained before the snapshot is taken (the baseline) and while it is held.
+    baseline_steps: int
+    held_steps: int
+    #: Steps dispatched per second (None: all at once, drained as fast as possible).
+    rate: float | None
+    claimers: int = 2
+
+
+#: Item 11: a REPEATABLE READ snapshot held while steps drain (full: 50k steps over 10 minutes).
+BLOAT = pick(
+    Bloat(baseline_steps=2_000, held_steps=5_000, rate=None),
+    Bloat(baseline_steps=5_000, held_steps=50_000, rate=50_000 / 600),
+)
+BLOAT_MAX_P99_RATIO = 5.0
+
+_report_lock = threading.Lock()
+
+
+def report(name: str, numbers: dict[str, Any]) -> None:
+    """Print a test's numbers and add them to the JSON summary (``$FUSELINE_CHAOS_REPORT``)."""
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items())
+    print(f"\n[chaos {SCALE}] {name}: {shown}")
+    target = os.environ.get(REPORT_ENV)
+    if not target:
+        return
+    path = Path(target)
+    with _report_lock:
+        summary: dict[str, Any] = {}
+        if path.exists():
+            try:
+                summary = json.loads(path.read_text() or "{}")
+            except json.JSONDecodeError:
+                summary = {}
+        summary.setdefault("scale", SCALE)
+        summary.setdefault("tests", {})[name] = numbers
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
