@@ -175,7 +175,7 @@ class Broker(ABC):
 
     @abstractmethod
     def get_step(self, worker_id: str) -> StepAssignment | None:
-        """Claim the oldest queued step of a workflow this worker registered, or None."""
+        """Claim the queued step (of a workflow this worker registered) queued first, or None."""
 
     @abstractmethod
     def report_step(self, worker_id: str, report: StepReport) -> None:

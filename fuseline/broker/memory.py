@@ -58,7 +58,6 @@ def _utcnow() -> datetime:
 
 @dataclass
 class _Step:
-    seq: int
     name: str
     max_attempts: int
     state: Status = Status.PENDING
@@ -276,7 +275,8 @@ class MemoryBroker(Broker):
 
     def _push(self, instance: _Instance, step: _Step) -> None:
         key = (instance.workflow_id, instance.version)
-        heapq.heappush(self._queues[key], (step.seq, instance.instance_id, step.name))
+        # first queued, first claimed (as SqlBroker orders by available_at)
+        heapq.heappush(self._queues[key], (next(self._seq), instance.instance_id, step.name))
         self._work_queued.notify_all()
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -397,7 +397,7 @@ class MemoryBroker(Broker):
                 inputs=encoded,
                 created_at=_utcnow(),
                 steps={
-                    name: _Step(next(self._seq), name, plan.nodes[name].max_attempts) for name in plan.order
+                    name: _Step(name, plan.nodes[name].max_attempts) for name in plan.order
                 },
             )
             self._instances[instance.instance_id] = instance

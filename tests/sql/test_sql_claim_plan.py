@@ -58,7 +58,7 @@ def test_claim_uses_the_partial_queued_index_with_many_finished_steps(
             conn,
             "SELECT id FROM fuseline_steps WHERE state = 'QUEUED' AND workflow_id = %(workflow_id)s "
             "AND version = %(version)s AND available_at <= clock_timestamp() "
-            "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
             key,
         )
         assert QUEUED_INDEX in candidate, candidate

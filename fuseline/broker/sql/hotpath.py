@@ -28,7 +28,7 @@ from ...errors import DatabaseError, DatabaseUnavailable
 
 logger = logging.getLogger("fuseline.broker")
 
-#: Claim the oldest QUEUED step of one workflow, log it, and return the
+#: Claim the QUEUED step of one workflow that became available first, log it, and return the
 #: instance inputs and the predecessors' results (as one JSON object).
 STEP_CLAIM_ONE_WORKFLOW = """
     WITH claimed AS (
@@ -40,7 +40,7 @@ STEP_CLAIM_ONE_WORKFLOW = """
                       WHERE state = 'QUEUED'
                         AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
                         AND available_at <= clock_timestamp()
-                      ORDER BY id LIMIT 1
+                      ORDER BY available_at, id LIMIT 1
                         FOR UPDATE SKIP LOCKED)
            AND state = 'QUEUED'
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
@@ -73,7 +73,7 @@ STEP_CLAIM_AFTER_REPORT = """
                       WHERE state = 'QUEUED'
                         AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
                         AND available_at <= clock_timestamp()
-                      ORDER BY id LIMIT 1
+                      ORDER BY available_at, id LIMIT 1
                         FOR UPDATE SKIP LOCKED)
            AND state = 'QUEUED'
            -- only if the report sent just before this claim was accepted
@@ -112,7 +112,7 @@ STEP_CLAIM_MANY_WORKFLOWS = """
                             SELECT * FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
                                                  CAST(%(p_versions)s AS text[])))
                         AND available_at <= clock_timestamp()
-                      ORDER BY id LIMIT 1
+                      ORDER BY available_at, id LIMIT 1
                         FOR UPDATE SKIP LOCKED)
            AND state = 'QUEUED'
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,

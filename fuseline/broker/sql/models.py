@@ -102,12 +102,15 @@ class StepRow(Base):
     __table_args__ = (
         # One row per step of an instance; also serves "all steps of an instance".
         UniqueConstraint("instance_id", "name"),
-        # The claim: oldest QUEUED step of a workflow. Partial, so its size
-        # follows the queue, not the history.
+        # The claim: the QUEUED step of a workflow that became available first.
+        # Partial, so its size follows the queue, not the history; ordered by
+        # available_at, which no other index offers, so the planner cannot
+        # prefer walking the primary key past finished rows.
         Index(
             "ix_fuseline_steps_queued",
             "workflow_id",
             "version",
+            "available_at",
             "id",
             postgresql_where=text("state = 'QUEUED'"),
             sqlite_where=text("state = 'QUEUED'"),

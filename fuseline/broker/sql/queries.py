@@ -316,7 +316,7 @@ class Queries:
         )
 
     def _claim(self, workflow_filter, now, lease_end) -> Update:
-        """Claim the oldest QUEUED step of the worker's workflows, in one statement.
+        """Claim the QUEUED step of the worker's workflows that became available first, in one statement.
 
         PostgreSQL skips rows another claimer holds (SKIP LOCKED), so workers
         never wait on each other and never get the same step; SQLite runs it
@@ -325,7 +325,7 @@ class Queries:
         candidate = (
             select(steps.c.id)
             .where(steps.c.state == QUEUED, workflow_filter, steps.c.available_at <= now)
-            .order_by(steps.c.id)
+            .order_by(steps.c.available_at, steps.c.id)
             .limit(1)
         )
         if self.dialect.skip_locked:
