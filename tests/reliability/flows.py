@@ -11,6 +11,8 @@ repository on ``PYTHONPATH``), so every process builds the same schemas.
 - ``measured``: ``build`` returns a ~100 MB value and records the process's
   peak RSS before reporting it; ``probe`` records it afterwards.
 - ``evil``: ids, version and step names full of SQL, quotes, backslashes and emoji.
+- ``stamp``: one step that reports the wall-clock time it started, next to the
+  dispatch time it was given (pickup latency) and the length of ``blob``.
 """
 
 from __future__ import annotations
@@ -147,3 +149,13 @@ class EvilSecond(Step):
 
 
 evil = Workflow(outputs=EvilSecond(name=EVIL_SECOND), workflow_id=EVIL_WORKFLOW_ID, version=EVIL_VERSION)
+
+# -- stamp: when a step starts, for pickup latency ----------------------------------------------
+
+
+class Stamp(Step):
+    def run_step(self, dispatched_at: float, blob: str) -> dict[str, float]:
+        return {"dispatched_at": dispatched_at, "started_at": time.time(), "blob_chars": len(blob)}
+
+
+stamp = Workflow(outputs=Stamp(), workflow_id="reliability-stamp", version="1")
