@@ -320,8 +320,8 @@ def test_a_killed_listener_comes_back_and_polling_covers_the_gap(postgres_url: U
         w.check_alive()
         assert "listening connection lost" in w.stderr, w.stderr
     print(
-        f"killed listener: resumed after {resumed_after * 1000:.0f} ms, gap pickup {gap_pickup * 1000:.0f} ms;"
-        f" before: {summary(before)}; after: {summary(after)}"
+        f"killed listener: resumed after {resumed_after * 1000:.0f} ms,"
+        f" gap pickup {gap_pickup * 1000:.0f} ms; before: {summary(before)}; after: {summary(after)}"
     )
     assert max(before) < FAST_SECONDS, summary(before)
     assert resumed_after <= RESUME_SECONDS
