@@ -396,9 +396,7 @@ class MemoryBroker(Broker):
                 plan=plan,
                 inputs=encoded,
                 created_at=_utcnow(),
-                steps={
-                    name: _Step(name, plan.nodes[name].max_attempts) for name in plan.order
-                },
+                steps={name: _Step(name, plan.nodes[name].max_attempts) for name in plan.order},
             )
             self._instances[instance.instance_id] = instance
             self._event(instance, "dispatched", None)
