@@ -104,9 +104,11 @@ def checkpoint(url: str) -> None:
 
 
 # -- worker processes -----------------------------------------------------------------------------
-def _worker(url: str, workflow: str, start: Any, ready: Any, until_idle: bool, listen: bool = True) -> None:
+def _worker(
+    url: str, workflow: str, start: Any, ready: Any, until_idle: bool, listen: bool = True, prefetch: int = 1
+) -> None:
     broker = SqlBroker(url, listen=listen)
-    engine = ProcessEngine(LocalBrokerClient(broker), [WORKFLOWS[workflow]])
+    engine = ProcessEngine(LocalBrokerClient(broker), [WORKFLOWS[workflow]], prefetch=prefetch)
     ready.release()
     start.wait()
     keys = [(WORKFLOWS[workflow].workflow_id, "1")]
@@ -118,8 +120,11 @@ def _worker(url: str, workflow: str, start: Any, ready: Any, until_idle: bool, l
         broker.close()
 
 
-def drain(url: str, workflow: str, instances: int, processes: int) -> dict[str, float]:
-    """Dispatch ``instances`` first, then time ``processes`` workers draining them."""
+def drain(
+    url: str, workflow: str, instances: int, processes: int, prefetch: int = 1
+) -> dict[str, float]:
+    """Dispatch ``instances`` first, then time ``processes`` workers draining them
+    (each claiming ``prefetch`` steps at a time)."""
     wf = WORKFLOWS[workflow]
     broker = SqlBroker(url)
     for offset in range(0, instances, 1000):
@@ -129,7 +134,8 @@ def drain(url: str, workflow: str, instances: int, processes: int) -> dict[str, 
     context = mp.get_context("fork")
     start, ready = context.Event(), context.Semaphore(0)
     procs = [
-        context.Process(target=_worker, args=(url, workflow, start, ready, True)) for _ in range(processes)
+        context.Process(target=_worker, args=(url, workflow, start, ready, True, True, prefetch))
+        for _ in range(processes)
     ]
     for p in procs:
         p.start()
@@ -307,7 +313,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--out", default=str(HERE / "results" / "fuseline.json"))
+    parser.add_argument("--only", default="", help="comma-separated figure names (prefixes): just these")
     args = parser.parse_args()
+    only = [name for name in args.only.split(",") if name]
     q = args.quick
     sizes = {
         "noop": 1000 if q else 10_000,
@@ -324,6 +332,8 @@ def main() -> None:
     figures: dict[str, Any] = {"sizes": sizes}
 
     def record(name: str, measure: Callable[[], Any]) -> None:
+        if only and not any(name.startswith(prefix) for prefix in only):
+            return
         began = time.perf_counter()
         value = measure()
         figures[name] = value
@@ -335,6 +345,10 @@ def main() -> None:
         for c in (1, 4):
             record(f"pg_drain_noop_c{c}", lambda c=c: drain(pg(), "noop", sizes["noop"], c))
             record(f"pg_drain_chain3_c{c}", lambda c=c: drain(pg(), "chain", sizes["chains"], c))
+        # Prefetching workers (`fuseline worker run --prefetch 10`), like pgqueuer's batch of 10.
+        for c in (1, 4):
+            record(f"pg_drain_noop_prefetch10_c{c}", lambda c=c: drain(pg(), "noop", sizes["noop"], c, 10))
+        record("pg_drain_chain3_prefetch10_c4", lambda: drain(pg(), "chain", sizes["chains"], 4, 10))
         record("pg_pickup", lambda: pickup(pg(), sizes["pickup"]))
         record("pg_pickup_no_listen", lambda: pickup(pg(), max(20, sizes["pickup"] // 4), listen=False))
         record("pg_claim_report_ms", lambda: claim_report_cost(pg(), sizes["history"], sizes["cost_steps"]))

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from .broker.base import Broker, Lease, StepAssignment, StepReport
+from .errors import BrokerError, LeaseLost, ReportConflict
 from .workflow.schema import WorkflowSchema
 
 
@@ -41,6 +42,32 @@ class BrokerClient(ABC):
         """
         self.report_step(worker_id, report)
         return self.get_step(worker_id)
+
+    def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
+        """Up to ``limit`` steps at once (a prefetch); one ``get_step`` at a time by default."""
+        claimed: list[StepAssignment] = []
+        while len(claimed) < limit:
+            assignment = self.get_step(worker_id)
+            if assignment is None:
+                break
+            claimed.append(assignment)
+        return claimed
+
+    def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+        """Report several steps; per report None (accepted) or the LeaseLost / ReportConflict."""
+        outcomes: list[BrokerError | None] = []
+        for report in reports:
+            try:
+                self.report_step(worker_id, report)
+            except (LeaseLost, ReportConflict) as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+        """Give back prefetched steps that will not run. By default nothing is sent and
+        their leases run out instead (later, and at the cost of an attempt)."""
 
     def deregister_worker(self, worker_id: str) -> None:
         """Say goodbye: steps still held go back to the queue at once."""
@@ -76,6 +103,15 @@ class LocalBrokerClient(BrokerClient):
 
     def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
         return self.broker.report_and_claim(worker_id, report)
+
+    def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
+        return self.broker.get_steps(worker_id, limit)
+
+    def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+        return self.broker.report_steps(worker_id, reports)
+
+    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+        self.broker.release_steps(worker_id, assignments)
 
     def deregister_worker(self, worker_id: str) -> None:
         self.broker.deregister_worker(worker_id)

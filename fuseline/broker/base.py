@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..errors import BrokerError, LeaseLost, ReportConflict
 from ..states import FINAL_STATES, Status
 from ..workflow.schema import WorkflowSchema
 
@@ -195,6 +196,46 @@ class Broker(ABC):
         """
         self.report_step(worker_id, report)
         return self.get_step(worker_id)
+
+    def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
+        """Claim up to ``limit`` queued steps at once, in queue order (a worker's prefetch).
+
+        Each is leased like a ``get_step`` claim, and the worker's heartbeats
+        renew them all; steps it will not run after all go back through
+        :meth:`release_steps`. Brokers may claim the batch in one round trip.
+        """
+        claimed: list[StepAssignment] = []
+        while len(claimed) < limit:
+            assignment = self.get_step(worker_id)
+            if assignment is None:
+                break
+            claimed.append(assignment)
+        return claimed
+
+    def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+        """Report several steps this worker holds; brokers may commit them together.
+
+        Returns, for each report in order, None when it was accepted, or the
+        LeaseLost / ReportConflict it was refused with (nothing changed for
+        that step). Any other error is raised, and the whole call may be
+        sent again: an exact replay of an accepted report is accepted.
+        """
+        outcomes: list[BrokerError | None] = []
+        for report in reports:
+            try:
+                self.report_step(worker_id, report)
+            except (LeaseLost, ReportConflict) as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    @abstractmethod
+    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+        """Queue again steps this worker claimed but will not run; their attempt is refunded.
+
+        Steps it no longer holds (reported, expired, taken over) are left alone.
+        """
 
     @abstractmethod
     def keep_alive(self, worker_id: str) -> list[Lease]:

@@ -193,6 +193,23 @@ class MemoryBroker(Broker):
                     step.max_attempts += 1  # a graceful release does not use up an attempt
                     self._requeue(instance, step, "released")
 
+    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+        with self._lock:
+            self._worker(worker_id)
+            for assignment in assignments:
+                instance = self._instances.get(str(assignment.instance_id))
+                step = instance.steps.get(assignment.step_name) if instance is not None else None
+                if (
+                    instance is None
+                    or step is None
+                    or step.state is not Status.RUNNING
+                    or step.worker_id != worker_id
+                    or step.attempt != assignment.attempt
+                ):
+                    continue
+                step.max_attempts += 1  # never run: the attempt is given back
+                self._requeue(instance, step, "released")
+
     def keep_alive(self, worker_id: str) -> list[Lease]:
         with self._lock:
             worker = self._worker(worker_id)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..broker.base import StepAssignment
+from ..broker.base import StepAssignment, StepReport
 from ..clients import BrokerClient
 from ..errors import BrokerError, DatabaseUnavailable, LeaseLost
 from ..workflow.workflow import Workflow
@@ -21,6 +22,8 @@ T = TypeVar("T")
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 #: Longest single wait while idle, so a stop request is noticed quickly.
 IDLE_SLICE_SECONDS = 0.25
+#: Longest wait of a finished step's report when prefetching (reports are sent in batches).
+REPORT_FLUSH_SECONDS = 0.05
 #: Waits between attempts while the database is unreachable: doubling up to the last.
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -37,6 +40,12 @@ class ProcessEngine:
     lease, so a long step keeps its lease. If a heartbeat shows the lease of
     the step in hand was lost (expired and handed to another worker), the
     result is dropped instead of reported: the broker would refuse it anyway.
+
+    ``prefetch=N`` claims up to N steps at a time and reports finished ones
+    in batches (see :meth:`_work_prefetching`): fewer round trips and durable
+    commits per step for short steps, at the price of holding steps other
+    workers could have started, and of re-running the finished steps whose
+    reports were still waiting if this worker is killed.
     """
 
     def __init__(
@@ -45,6 +54,7 @@ class ProcessEngine:
         workflows: Iterable[Workflow],
         *,
         heartbeat_interval: float | None = None,
+        prefetch: int = 1,
     ) -> None:
         self.client = client
         self.workflows = {(wf.workflow_id, wf.version): wf for wf in workflows}
@@ -52,6 +62,9 @@ class ProcessEngine:
             lease = getattr(client, "lease_seconds", None)
             heartbeat_interval = lease / 3 if lease else DEFAULT_HEARTBEAT_SECONDS
         self.heartbeat_interval = heartbeat_interval
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, not {prefetch}")
+        self.prefetch = prefetch
         self.worker_id = client.register_worker([wf.to_schema() for wf in self.workflows.values()])
         self.steps_run = 0
         self._stopping = threading.Event()
@@ -84,6 +97,8 @@ class ProcessEngine:
         ran = 0
         held: StepAssignment | None = None  # claimed together with the last report
         try:
+            if self.prefetch > 1:
+                return self._work_prefetching(block, poll_interval, max_steps, until)
             while held is not None or not self._stopping.is_set():
                 assignment, held = held, None
                 if assignment is None:
@@ -143,6 +158,26 @@ class ProcessEngine:
         do both at once; a stop request in the meantime only prevents the
         claim, never the report.
         """
+        ran, report = self._execute(assignment)
+        if report is None:
+            return ran, None
+        # A report is idempotent (an exact replay is accepted), so it is safe
+        # to send again when the connection dropped mid-commit.
+        try:
+            if claim_next and not self._stopping.is_set():
+                held = self._retrying(
+                    "report",
+                    lambda: self.client.report_and_claim(self.worker_id, report),
+                    stoppable=False,
+                )
+                return True, held
+            self._retrying("report", lambda: self.client.report_step(self.worker_id, report), stoppable=False)
+        except LeaseLost as exc:
+            logger.warning("%s", exc)
+        return True, None
+
+    def _execute(self, assignment: StepAssignment) -> tuple[bool, StepReport | None]:
+        """Run one step; returns (whether it ran, its report, or None when there is none to send)."""
         workflow = self.workflows.get((assignment.workflow_id, assignment.version))
         if workflow is None or assignment.step_name not in workflow.steps_by_name:
             logger.warning(
@@ -174,20 +209,81 @@ class ProcessEngine:
             )
             return True, None
         self.steps_run += 1
-        # A report is idempotent (an exact replay is accepted), so it is safe
-        # to send again when the connection dropped mid-commit.
-        try:
-            if claim_next and not self._stopping.is_set():
-                held = self._retrying(
-                    "report",
-                    lambda: self.client.report_and_claim(self.worker_id, report),
-                    stoppable=False,
+        return True, report
+
+    # -- prefetching ---------------------------------------------------------------------
+    def _work_prefetching(
+        self,
+        block: bool,
+        poll_interval: float,
+        max_steps: int | None,
+        until: Callable[[], bool] | None,
+    ) -> int:
+        """The loop of :meth:`work` when ``prefetch > 1``: claim a batch, run it, report in batches.
+
+        Finished steps' reports wait (at most ``REPORT_FLUSH_SECONDS`` after
+        the first, or until the batch is done) and are sent together, so the
+        broker commits them at once; a worker killed meanwhile loses only
+        those results, and their steps run again when their leases expire.
+        On a stop request the step in hand is finished, the reports are sent
+        and the steps not started are given back at once.
+        """
+        ran = 0
+        queue: deque[StepAssignment] = deque()
+        pending: list[StepReport] = []
+        first_pending_at = 0.0
+        while True:
+            if not queue:
+                self._send_reports(pending)
+                if self._stopping.is_set():
+                    break
+                wanted = self.prefetch if max_steps is None else min(self.prefetch, max_steps - ran)
+                batch = self._retrying(
+                    "claim steps", lambda: self.client.get_steps(self.worker_id, wanted), stoppable=True
                 )
-                return True, held
-            self._retrying("report", lambda: self.client.report_step(self.worker_id, report), stoppable=False)
-        except LeaseLost as exc:
-            logger.warning("%s", exc)
-        return True, None
+                if not batch:
+                    if not block or self._stopping.is_set() or (until is not None and until()):
+                        break
+                    self._idle(poll_interval)
+                    continue
+                queue.extend(batch)
+            if self._stopping.is_set():
+                break
+            counted, report = self._execute(queue.popleft())
+            if counted:
+                ran += 1
+            if report is not None:
+                if not pending:
+                    first_pending_at = time.monotonic()
+                pending.append(report)
+                if time.monotonic() - first_pending_at >= REPORT_FLUSH_SECONDS:
+                    self._send_reports(pending)
+            if max_steps is not None and ran >= max_steps:
+                break
+        self._send_reports(pending)
+        if queue:
+            self._give_back(list(queue))
+        return ran
+
+    def _send_reports(self, pending: list[StepReport]) -> None:
+        """Report the finished steps waiting in ``pending`` (emptied); never gives up on them."""
+        if not pending:
+            return
+        reports = list(pending)
+        pending.clear()
+        outcomes = self._retrying(
+            "report", lambda: self.client.report_steps(self.worker_id, reports), stoppable=False
+        )
+        for outcome in outcomes or []:
+            if outcome is not None:
+                logger.warning("%s", outcome)
+
+    def _give_back(self, assignments: list[StepAssignment]) -> None:
+        """Release prefetched steps that will not run here; if that fails, their leases expire."""
+        try:
+            self.client.release_steps(self.worker_id, assignments)
+        except BrokerError as exc:
+            logger.warning("could not give back %d prefetched steps: %s", len(assignments), exc)
 
     def _retrying(self, what: str, call: Callable[[], T], *, stoppable: bool) -> T | None:
         """Call ``call``, waiting out database outages with growing pauses.

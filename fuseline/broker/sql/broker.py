@@ -361,19 +361,18 @@ class SqlBroker(Broker):
                     held.add((str(assignment.instance_id), assignment.step_name, assignment.attempt))
         return assignment
 
-    def _forget(self, worker_id: str, report: StepReport) -> None:
-        """A step the worker reported (accepted or refused) is no longer its to renew."""
+    def _forget(self, worker_id: str, instance_id: str, step_name: str, attempt: int | None) -> None:
+        """A step the worker reported or gave back (accepted or refused) is no longer its to renew."""
         with self._handed_lock:
             held = self._handed.get(worker_id)
             if held:
-                instance_id = str(report.instance_id)
+                instance_id = str(instance_id)
                 held.difference_update(
-                    [
-                        key
-                        for key in held
-                        if key[:2] == (instance_id, report.step_name) and report.attempt in (None, key[2])
-                    ]
+                    [key for key in held if key[:2] == (instance_id, step_name) and attempt in (None, key[2])]
                 )
+
+    def _forget_report(self, worker_id: str, report: StepReport) -> None:
+        self._forget(worker_id, report.instance_id, report.step_name, report.attempt)
 
     def wait_for_work(self, timeout: float) -> bool:
         """PostgreSQL: wait for a NOTIFY from a transaction that queued work; SQLite: a short poll."""
@@ -403,6 +402,23 @@ class SqlBroker(Broker):
             self._reap_expired()
             assignment = self._claim(worker_id, keys)
         return self._hand(worker_id, assignment)
+
+    def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
+        """On PostgreSQL, the whole batch in one statement; elsewhere one claim at a time."""
+        if self._hot is None or limit <= 1:
+            return super().get_steps(worker_id, limit)
+        keys = self._keys_of(worker_id)
+        if not keys:
+            return []
+        reaped = False
+        if time.monotonic() >= self._next_reap:
+            self._reap_expired()
+            reaped = True
+        rows = self._hot.claim_batch(worker_id, keys, self.lease_seconds, limit)
+        if not rows and not reaped:
+            self._reap_expired()
+            rows = self._hot.claim_batch(worker_id, keys, self.lease_seconds, limit)
+        return [self._hand(worker_id, self._assignment(row)) for row in rows]  # type: ignore[misc]
 
     def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         if not keys:
@@ -509,9 +525,9 @@ class SqlBroker(Broker):
         try:
             self._report_step(worker_id, report)
         except (LeaseLost, ReportConflict):
-            self._forget(worker_id, report)
+            self._forget_report(worker_id, report)
             raise
-        self._forget(worker_id, report)
+        self._forget_report(worker_id, report)
 
     def _report_step(self, worker_id: str, report: StepReport) -> None:
         state = reported_state(report)
@@ -571,6 +587,39 @@ class SqlBroker(Broker):
             )
             self._append(conn, events)
 
+    def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+        """On PostgreSQL, the one-statement successes share one transaction (one WAL flush).
+
+        The rest (failures, joins, refusals to explain) take the general path
+        one by one, after that commit.
+        """
+        if self._hot is None:
+            return super().report_steps(worker_id, reports)
+        outcomes: list[BrokerError | None] = [None] * len(reports)
+        fast: list[tuple[int, tuple[dict[str, Any], bool]]] = []
+        general: list[int] = []
+        for index, report in enumerate(reports):
+            prepared = self._fast_report(worker_id, report)
+            if prepared is None:
+                general.append(index)
+            else:
+                fast.append((index, prepared))
+        if fast:
+            # Instance order, so two batches lock instances in the same order (no deadlock).
+            fast.sort(key=lambda item: str(item[1][0]["p_instance_id"]))
+            accepted = self._hot.succeed_batch([prepared for _, prepared in fast])
+            for (index, _), ok in zip(fast, accepted):
+                if ok:
+                    self._forget_report(worker_id, reports[index])
+                else:
+                    general.append(index)
+        for index in sorted(general):
+            try:
+                self.report_step(worker_id, reports[index])
+            except (LeaseLost, ReportConflict) as exc:
+                outcomes[index] = exc
+        return outcomes
+
     def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
         """On PostgreSQL, a fast-path success and the next claim share one round trip."""
         keys = self._keys_of(worker_id)
@@ -594,25 +643,36 @@ class SqlBroker(Broker):
                     self._give_back(worker_id, claimed)
                 raise
             return self._hand(worker_id, claimed) if claimed is not None else self.get_step(worker_id)
-        self._forget(worker_id, report)
+        self._forget_report(worker_id, report)
         if row is None:
             return self.get_step(worker_id)
         return self._hand(worker_id, self._assignment(row))
 
     def _give_back(self, worker_id: str, assignment: StepAssignment) -> None:
         """Queue again a step claimed for a worker that is never told (its attempt is refunded)."""
-        release = self.q.steps_release_of_worker.where(
-            steps.c.instance_id == assignment.instance_id,
-            steps.c.name == assignment.step_name,
-            steps.c.attempt == assignment.attempt,
-        )
+        self.release_steps(worker_id, [assignment])
+
+    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+        _worker_uuid(worker_id)
+        if not assignments:
+            return
+        released = []
         with self._transaction() as conn:
-            released = conn.execute(release, {"p_worker_id": worker_id}).all()
+            # Instance order, as every transaction that touches several instances takes them.
+            for assignment in sorted(assignments, key=lambda a: (str(a.instance_id), a.step_name)):
+                release = self.q.steps_release_of_worker.where(
+                    steps.c.instance_id == _instance_uuid(assignment.instance_id),
+                    steps.c.name == assignment.step_name,
+                    steps.c.attempt == assignment.attempt,
+                )
+                released += conn.execute(release, {"p_worker_id": worker_id}).all()
             if released:
                 self._announce_work(conn)
             self._append(
                 conn, [_event(r.instance_id, "released", r.name, r.attempt, worker_id) for r in released]
             )
+        for assignment in assignments:
+            self._forget(worker_id, assignment.instance_id, assignment.step_name, assignment.attempt)
 
     def _fast_report(self, worker_id: str, report: StepReport) -> tuple[dict[str, Any], bool] | None:
         """Parameters of a one-statement success report, and whether it finishes the instance.

@@ -11,7 +11,8 @@ before it touches a step row), so both paths can serve one instance at once.
 
 Claims run on a connection with ``synchronous_commit = off`` (see
 :func:`.engine.create_claim_engine`); reports and dispatches are durable.
-Each statement is written out whole, so what runs is what is read here.
+The claim statements differ only in which steps they may pick, so they are
+built from one template (``_claim``); the others are written out whole.
 """
 
 from __future__ import annotations
@@ -28,23 +29,48 @@ from ...errors import DatabaseError, DatabaseUnavailable
 
 logger = logging.getLogger("fuseline.broker")
 
-#: Claim the QUEUED step of one workflow that became available first, log it, and return the
-#: instance inputs and the predecessors' results (as one JSON object).
-STEP_CLAIM_ONE_WORKFLOW = """
+def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
+    """A claim statement: the QUEUED steps (of one workflow, or of ``many``) that became
+    available first, marked RUNNING for this worker and logged, each returned with the instance
+    inputs and the predecessors' results (as one JSON object).
+
+    One step is picked by ``id = (SELECT ... LIMIT 1)``; a batch by ``id = ANY(ARRAY(...))``,
+    which runs the locking subquery exactly once (an ``IN`` may be planned as a join that runs
+    it again and claims more than the limit). Several workflows are searched one at a time
+    (a lateral subquery per workflow, each an ordered walk of the queued-steps index): a
+    ``(workflow_id, version) IN (...)`` condition cannot use that index's order and sorts every
+    queued row instead.
+    """
+    limit = "%(p_limit)s" if batch else "1"
+    if many:
+        pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
+                                        CAST(%(p_versions)s AS text[])) AS k(workflow_id, version)
+                     CROSS JOIN LATERAL (
+                        SELECT id, available_at FROM fuseline_steps
+                         WHERE state = 'QUEUED'
+                           AND workflow_id = k.workflow_id AND version = k.version
+                           AND available_at <= clock_timestamp()
+                         ORDER BY available_at, id LIMIT {limit}
+                           FOR UPDATE SKIP LOCKED) AS q
+                     ORDER BY q.available_at, q.id LIMIT {limit}"""
+    else:
+        pick = f"""SELECT id FROM fuseline_steps
+                      WHERE state = 'QUEUED'
+                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                        AND available_at <= clock_timestamp()
+                      ORDER BY available_at, id LIMIT {limit}
+                        FOR UPDATE SKIP LOCKED"""
+    picked = f"id = ANY(ARRAY({pick}))" if batch else f"id = ({pick})"
+    return f"""
     WITH claimed AS (
         UPDATE fuseline_steps
            SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
                lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
                started_at = clock_timestamp()
-         WHERE id = (SELECT id FROM fuseline_steps
-                      WHERE state = 'QUEUED'
-                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
-                        AND available_at <= clock_timestamp()
-                      ORDER BY available_at, id LIMIT 1
-                        FOR UPDATE SKIP LOCKED)
-           AND state = 'QUEUED'
+         WHERE {picked}
+           AND state = 'QUEUED'{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
-                  started_at, lease_expires_at
+                  started_at, lease_expires_at, available_at
     ),
     logged AS (
         INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
@@ -53,85 +79,38 @@ STEP_CLAIM_ONE_WORKFLOW = """
     )
     SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
            c.lease_expires_at, i.inputs,
-           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
-                       || '}'
+           (SELECT '{{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                       || '}}'
               FROM fuseline_steps p
              WHERE p.instance_id = c.instance_id
                AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+     ORDER BY c.available_at, c.id
 """
+
+
+#: Claim the step of one workflow that became available first.
+STEP_CLAIM_ONE_WORKFLOW = _claim()
 
 #: The claim that follows a report in the same round trip: taken only if
 #: that report was accepted (a refused report claims nothing).
-STEP_CLAIM_AFTER_REPORT = """
-    WITH claimed AS (
-        UPDATE fuseline_steps
-           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
-               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
-               started_at = clock_timestamp()
-         WHERE id = (SELECT id FROM fuseline_steps
-                      WHERE state = 'QUEUED'
-                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
-                        AND available_at <= clock_timestamp()
-                      ORDER BY available_at, id LIMIT 1
-                        FOR UPDATE SKIP LOCKED)
-           AND state = 'QUEUED'
+STEP_CLAIM_AFTER_REPORT = _claim(
+    guard="""
            -- only if the report sent just before this claim was accepted
            AND EXISTS (SELECT 1 FROM fuseline_steps r
                         WHERE r.instance_id = CAST(%(p_instance_id)s AS uuid) AND r.name = %(p_name)s
                           AND r.state = 'SUCCEEDED' AND r.attempt = %(p_attempt)s
-                          AND r.reported_by = CAST(%(p_worker_id)s AS uuid))
-        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
-                  started_at, lease_expires_at
-    ),
-    logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(%(p_worker_id)s AS uuid)
-          FROM claimed
-    )
-    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
-           c.lease_expires_at, i.inputs,
-           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
-                       || '}'
-              FROM fuseline_steps p
-             WHERE p.instance_id = c.instance_id
-               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
-      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
-"""
+                          AND r.reported_by = CAST(%(p_worker_id)s AS uuid))""",
+)
 
 #: The same claim among several workflows (pairs of ids and versions).
-STEP_CLAIM_MANY_WORKFLOWS = """
-    WITH claimed AS (
-        UPDATE fuseline_steps
-           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
-               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
-               started_at = clock_timestamp()
-         WHERE id = (SELECT id FROM fuseline_steps
-                      WHERE state = 'QUEUED'
-                        AND (workflow_id, version) IN (
-                            SELECT * FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
-                                                 CAST(%(p_versions)s AS text[])))
-                        AND available_at <= clock_timestamp()
-                      ORDER BY available_at, id LIMIT 1
-                        FOR UPDATE SKIP LOCKED)
-           AND state = 'QUEUED'
-        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
-                  started_at, lease_expires_at
-    ),
-    logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), 'claimed', name, attempt, CAST(%(p_worker_id)s AS uuid)
-          FROM claimed
-    )
-    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
-           c.lease_expires_at, i.inputs,
-           (SELECT '{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
-                       || '}'
-              FROM fuseline_steps p
-             WHERE p.instance_id = c.instance_id
-               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
-      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
-"""
+STEP_CLAIM_MANY_WORKFLOWS = _claim(many=True)
+
+#: A worker's prefetch: up to ``p_limit`` steps of its workflow in one statement.
+STEPS_CLAIM_BATCH_ONE_WORKFLOW = _claim(batch=True)
+
+#: The same among several workflows.
+STEPS_CLAIM_BATCH_MANY_WORKFLOWS = _claim(many=True, batch=True)
 
 #: Accept a success (fenced: holder and attempt) and queue the successors
 #: that depend on this step alone; a fan-out wakes idle workers.
@@ -206,6 +185,72 @@ STEP_SUCCEED_AND_FINISH = """
         SELECT id, clock_timestamp(), 'instance_succeeded', NULL, NULL, NULL FROM finished
     )
     SELECT attempt FROM done
+"""
+
+#: A batch of one-statement successes (parallel arrays, one entry per report, numbered by
+#: ``p_ns``; the successors to queue flattened into ``p_q_*`` arrays that point at their
+#: report's number). The instances are locked first, in id order, so two batches never wait
+#: for each other in a cycle. Returns the numbers of the reports accepted.
+STEPS_SUCCEED_BATCH = """
+    WITH r AS MATERIALIZED (
+        SELECT * FROM unnest(CAST(%(p_ns)s AS integer[]), CAST(%(p_instance_ids)s AS uuid[]),
+                             CAST(%(p_workflow_ids)s AS text[]), CAST(%(p_versions)s AS text[]),
+                             CAST(%(p_names)s AS text[]), CAST(%(p_attempts)s AS integer[]),
+                             CAST(%(p_results)s AS text[]), CAST(%(p_finishes)s AS boolean[]))
+               AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes)
+    ),
+    locked AS MATERIALIZED (
+        SELECT i.id FROM fuseline_instances i
+         WHERE i.id IN (SELECT instance_id FROM r)
+           AND (i.id, i.workflow_id, i.version) IN (SELECT instance_id, workflow_id, version FROM r)
+         ORDER BY i.id
+           FOR NO KEY UPDATE
+    ),
+    done AS (
+        UPDATE fuseline_steps s
+           SET state = 'SUCCEEDED', result = r.result, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+          FROM r
+         WHERE s.instance_id = r.instance_id AND s.name = r.name
+           AND r.instance_id IN (SELECT id FROM locked)
+           AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
+           AND s.attempt = r.attempt
+        RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes
+    ),
+    queued AS (
+        UPDATE fuseline_steps s
+           SET state = 'QUEUED', available_at = clock_timestamp(),
+               inputs_from = CASE WHEN q.consumer THEN q.inputs_from END
+          FROM done
+          JOIN unnest(CAST(%(p_q_ns)s AS integer[]), CAST(%(p_q_names)s AS text[]),
+                      CAST(%(p_q_consumers)s AS boolean[]), CAST(%(p_q_inputs_from)s AS text[]))
+               AS q(n, name, consumer, inputs_from) ON q.n = done.n
+         WHERE s.instance_id = done.instance_id AND s.name = q.name AND s.state = 'PENDING'
+        RETURNING s.instance_id, s.name
+    ),
+    finished AS (
+        UPDATE fuseline_instances i
+           SET status = 'SUCCEEDED', result = done.result,
+               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+          FROM done
+         WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
+        RETURNING i.id
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), 'succeeded', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), 'queued', name, NULL, NULL FROM queued
+        UNION ALL
+        SELECT id, clock_timestamp(), 'instance_succeeded', NULL, NULL, NULL FROM finished
+    ),
+    -- Other workers may take some of the steps this batch queued.
+    announced AS (
+        SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
+    )
+    SELECT n, (SELECT count(*) FROM announced) FROM done
 """
 
 #: Create instances (ids and inputs as parallel arrays) with all their
@@ -318,6 +363,62 @@ class PostgresHotPath:
         if row is None:
             return None
         return (str(row[0]), *row[1:])  # type: ignore[return-value]
+
+    def claim_batch(
+        self, worker_id: str, keys: Sequence[tuple[str, str]], lease_seconds: float, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` claims in one statement, in queue order (rows as :meth:`claim` returns)."""
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds, "p_limit": limit}
+        if len(keys) == 1:
+            sql = STEPS_CLAIM_BATCH_ONE_WORKFLOW
+            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
+        else:
+            sql = STEPS_CLAIM_BATCH_MANY_WORKFLOWS
+            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
+        try:
+            rows = self._connection("claims").execute(sql, params).fetchall()
+        except Exception as exc:
+            self._drop("claims")
+            raise self._error(exc) from None
+        return [(str(row[0]), *row[1:]) for row in rows]
+
+    def succeed_batch(self, reports: Sequence[tuple[dict[str, Any], bool]]) -> list[bool]:
+        """Several successes (the parameters of :meth:`succeed`, finishes) in one statement.
+
+        Returns, per report, whether it was accepted; one durable commit for all.
+        """
+        batch: dict[str, list[Any]] = {
+            key: []
+            for key in (
+                "p_ns", "p_instance_ids", "p_workflow_ids", "p_versions", "p_names", "p_attempts",
+                "p_results", "p_finishes", "p_q_ns", "p_q_names", "p_q_consumers", "p_q_inputs_from",
+            )
+        }  # fmt: skip
+        worker_id = None
+        for n, (params, finishes) in enumerate(reports):
+            worker_id = params["p_worker_id"]
+            batch["p_ns"].append(n)
+            batch["p_instance_ids"].append(params["p_instance_id"])
+            batch["p_workflow_ids"].append(params["p_workflow_id"])
+            batch["p_versions"].append(params["p_version"])
+            batch["p_names"].append(params["p_name"])
+            batch["p_attempts"].append(params["p_attempt"])
+            batch["p_results"].append(params["p_result"])
+            batch["p_finishes"].append(finishes)
+            if not finishes:
+                consumers = set(params["p_consumers"])
+                for name in params["p_queue"]:
+                    batch["p_q_ns"].append(n)
+                    batch["p_q_names"].append(name)
+                    batch["p_q_consumers"].append(name in consumers)
+                    batch["p_q_inputs_from"].append(params["p_inputs_from"])
+        try:
+            cursor = self._connection("durable").execute(STEPS_SUCCEED_BATCH, {"p_worker_id": worker_id, **batch})
+            accepted = {row[0] for row in cursor.fetchall()}
+        except Exception as exc:
+            self._drop("durable")
+            raise self._error(exc) from None
+        return [n in accepted for n in range(len(reports))]
 
     def succeed(self, params: dict[str, Any], *, finishes: bool) -> bool:
         """Accept a success; False if the worker does not hold the step (nothing changed)."""
