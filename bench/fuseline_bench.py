@@ -120,9 +120,7 @@ def _worker(
         broker.close()
 
 
-def drain(
-    url: str, workflow: str, instances: int, processes: int, prefetch: int = 1
-) -> dict[str, float]:
+def drain(url: str, workflow: str, instances: int, processes: int, prefetch: int = 1) -> dict[str, float]:
     """Dispatch ``instances`` first, then time ``processes`` workers draining them
     (each claiming ``prefetch`` steps at a time)."""
     wf = WORKFLOWS[workflow]

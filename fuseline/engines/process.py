@@ -239,7 +239,9 @@ class ProcessEngine:
                     break
                 wanted = self.prefetch if max_steps is None else min(self.prefetch, max_steps - ran)
                 batch = self._retrying(
-                    "claim steps", lambda: self.client.get_steps(self.worker_id, wanted), stoppable=True
+                    "claim steps",
+                    lambda wanted=wanted: self.client.get_steps(self.worker_id, wanted),
+                    stoppable=True,
                 )
                 if not batch:
                     if not block or self._stopping.is_set() or (until is not None and until()):

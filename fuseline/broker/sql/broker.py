@@ -608,7 +608,7 @@ class SqlBroker(Broker):
             # Instance order, so two batches lock instances in the same order (no deadlock).
             fast.sort(key=lambda item: str(item[1][0]["p_instance_id"]))
             accepted = self._hot.succeed_batch([prepared for _, prepared in fast])
-            for (index, _), ok in zip(fast, accepted):
+            for (index, _), ok in zip(fast, accepted, strict=True):
                 if ok:
                     self._forget_report(worker_id, reports[index])
                 else:

@@ -29,6 +29,7 @@ from ...errors import DatabaseError, DatabaseUnavailable
 
 logger = logging.getLogger("fuseline.broker")
 
+
 def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
     """A claim statement: the QUEUED steps (of one workflow, or of ``many``) that became
     available first, marked RUNNING for this worker and logged, each returned with the instance
@@ -42,6 +43,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
     queued row instead.
     """
     limit = "%(p_limit)s" if batch else "1"
+    # Only the constants of this function are pasted in (S608 is about user input).
     if many:
         pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
                                         CAST(%(p_versions)s AS text[])) AS k(workflow_id, version)
@@ -52,14 +54,14 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
                            AND available_at <= clock_timestamp()
                          ORDER BY available_at, id LIMIT {limit}
                            FOR UPDATE SKIP LOCKED) AS q
-                     ORDER BY q.available_at, q.id LIMIT {limit}"""
+                     ORDER BY q.available_at, q.id LIMIT {limit}"""  # noqa: S608
     else:
         pick = f"""SELECT id FROM fuseline_steps
                       WHERE state = 'QUEUED'
                         AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
                         AND available_at <= clock_timestamp()
                       ORDER BY available_at, id LIMIT {limit}
-                        FOR UPDATE SKIP LOCKED"""
+                        FOR UPDATE SKIP LOCKED"""  # noqa: S608
     picked = f"id = ANY(ARRAY({pick}))" if batch else f"id = ({pick})"
     return f"""
     WITH claimed AS (
@@ -86,7 +88,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
                AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
      ORDER BY c.available_at, c.id
-"""
+"""  # noqa: S608
 
 
 #: Claim the step of one workflow that became available first.
@@ -368,7 +370,8 @@ class PostgresHotPath:
         self, worker_id: str, keys: Sequence[tuple[str, str]], lease_seconds: float, limit: int
     ) -> list[tuple[Any, ...]]:
         """Up to ``limit`` claims in one statement, in queue order (rows as :meth:`claim` returns)."""
-        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds, "p_limit": limit}
+        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds}
+        params["p_limit"] = limit
         if len(keys) == 1:
             sql = STEPS_CLAIM_BATCH_ONE_WORKFLOW
             params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
@@ -413,7 +416,8 @@ class PostgresHotPath:
                     batch["p_q_consumers"].append(name in consumers)
                     batch["p_q_inputs_from"].append(params["p_inputs_from"])
         try:
-            cursor = self._connection("durable").execute(STEPS_SUCCEED_BATCH, {"p_worker_id": worker_id, **batch})
+            connection = self._connection("durable")
+            cursor = connection.execute(STEPS_SUCCEED_BATCH, {"p_worker_id": worker_id, **batch})
             accepted = {row[0] for row in cursor.fetchall()}
         except Exception as exc:
             self._drop("durable")
