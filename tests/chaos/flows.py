@@ -24,6 +24,7 @@ a step.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -52,11 +53,24 @@ LEDGER_DDL = {
 }
 
 _HELD = """
-    SELECT s.instance_id, s.attempt FROM fuseline_steps s JOIN fuseline_workers w ON w.id = s.worker_id
+    SELECT s.instance_id, s.attempt, i.inputs
+      FROM fuseline_steps s JOIN fuseline_workers w ON w.id = s.worker_id
+      JOIN fuseline_instances i ON i.id = s.instance_id
      WHERE w.pid = {p} AND w.host = {p} AND w.stopped_at IS NULL AND s.name = {p} AND s.state = 'RUNNING'
-     ORDER BY s.started_at DESC LIMIT 1
+     ORDER BY s.started_at DESC
 """
 _INSERT = "INSERT INTO chaos_ledger (n, instance_id, step, attempt, pid) VALUES ({p}, {p}, {p}, {p}, {p})"
+
+
+def _this_execution(held: list[Any], n: int) -> Any:
+    """Which of the held claims this execution is: the newest, or, when the worker holds several
+    steps of this name (``--prefetch``), the one whose instance has input ``n``. If none has,
+    the newest is returned, so the cross-check on ``n`` catches a step run with wrong inputs."""
+    if len(held) > 1:
+        for row in held:
+            if json.loads(row[2]).get("n") == n:
+                return row
+    return held[0] if held else None
 
 
 class Ledger:
@@ -94,9 +108,9 @@ class Ledger:
                     self._connection = self._connect()
                 p = "%s" if self._dialect == "postgresql" else "?"
                 pid = os.getpid()
-                row = self._connection.execute(
-                    _HELD.format(p=p), (pid, socket.gethostname(), step)
-                ).fetchone()
+                query = _HELD.format(p=p)
+                held = self._connection.execute(query, (pid, socket.gethostname(), step)).fetchall()
+                row = _this_execution(held, n)
                 instance_id, attempt = (str(row[0]), row[1]) if row is not None else (None, None)
                 self._connection.execute(_INSERT.format(p=p), (n, instance_id, step, attempt, pid))
                 return attempt

@@ -73,10 +73,16 @@ def dispatch(url: str, inputs: list[dict]) -> list[str]:
 
 
 @pytest.mark.timeout(DRAIN_LIMIT_SECONDS + 120)
-@pytest.mark.parametrize("dialect", ["postgres", "sqlite"])
+@pytest.mark.parametrize(
+    ("dialect", "prefetch"),
+    [("postgres", 1), ("sqlite", 1), ("postgres", 4)],
+    ids=["postgres", "sqlite", "postgres-prefetch4"],
+)
 def test_workers_killed_at_random_lose_nothing_and_each_step_is_accepted_once(
-    dialect: str, request: pytest.FixtureRequest, tmp_path: Path
+    dialect: str, prefetch: int, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """With ``--prefetch 4`` a killed worker also holds steps it has not started and results it
+    has not reported yet: they must come back through lease expiry like any other orphan."""
     db: ChaosDatabase = request.getfixturevalue(f"chaos_{dialect}")
     cfg: CrashChaos = CRASH_POSTGRES if dialect == "postgres" else CRASH_SQLITE
     seed = random.randrange(1 << 30)
@@ -87,7 +93,7 @@ def test_workers_killed_at_random_lose_nothing_and_each_step_is_accepted_once(
     kills: list[tuple[int, datetime]] = []  # (pid, database time right after the SIGKILL)
     live_checks = 0  # verify() on the live database, as an operator would run it mid-run
     began = time.monotonic()
-    options = ("--lease-seconds", str(cfg.lease_seconds))
+    options = ("--lease-seconds", str(cfg.lease_seconds), "--prefetch", str(prefetch))
     with Workers(tmp_path / "workers", db.url, "tests.chaos.flows:diamond", *options) as fleet:
         for _ in range(cfg.workers):
             fleet.start()
@@ -182,6 +188,7 @@ def test_workers_killed_at_random_lose_nothing_and_each_step_is_accepted_once(
     assert recoveries, "no kill orphaned a step: the run tested no recovery"
     numbers = {
         "dialect": dialect,
+        "prefetch": prefetch,
         "workers": cfg.workers,
         "instances": cfg.instances,
         "steps": len(ids) * len(flows.DIAMOND_STEPS),
@@ -198,7 +205,7 @@ def test_workers_killed_at_random_lose_nothing_and_each_step_is_accepted_once(
         "seed": seed,
         "full_scale": FULL,
     }
-    report(f"crash_chaos_{dialect}", numbers)
+    report(f"crash_chaos_{dialect}" + (f"_prefetch{prefetch}" if prefetch > 1 else ""), numbers)
 
 
 @pytest.mark.parametrize("dialect", ["postgres", "sqlite"])
