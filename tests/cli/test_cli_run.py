@@ -173,3 +173,25 @@ def test_database_url_option_wins_over_the_environment(cli: Cli) -> None:
 
     from_env = Cli(cli.backend, cli.cwd, bogus)
     assert_one_line_error(from_env.run("instances", "list"), 1, "127.0.0.1:1")
+
+
+def test_prefetching_workers_run_every_step_once(cli: Cli) -> None:
+    """``--prefetch 3`` with two processes: steps claimed three at a time, reports sent in
+    batches, and still every step of every instance runs once and the results are right."""
+    ids = [cli.submit("flows:diamond", "--input", f"x={n}", "--input", "y=1") for n in range(6)]
+
+    worker = cli.burst("flows:diamond", "--prefetch", "3", "--concurrency", "2")
+
+    lines = step_lines(worker.stderr)
+    ran = sorted((line["instance"], line["step"]) for line in lines)
+    assert ran == sorted((i, s) for i in ids for s in "abcd"), worker.stderr
+    assert all(line["attempt"] == "1" and line["state"] == "SUCCEEDED" for line in lines)
+    for n, instance_id in enumerate(ids):
+        shown = cli.show(instance_id)
+        assert (shown["status"], shown["result"]) == ("SUCCEEDED", (n + 1) * 2 + (n + 1 + 1))
+
+
+def test_prefetch_below_one_is_refused(cli: Cli) -> None:
+    refused = cli.run("worker", "run", "flows:diamond", "--prefetch", "0")
+    assert refused.returncode == 2, refused.stderr
+    assert "--prefetch" in refused.stderr and "Traceback" not in refused.stderr
