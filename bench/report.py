@@ -82,6 +82,14 @@ def main() -> int:
             None,
             False,
         ),
+        (
+            "no-op drain, 4 workers, batched claims (prefetch 10)",
+            dig(fuseline, "pg_drain_noop_prefetch10_c4", "steps_per_s"),
+            "/s",
+            "drain_batched_per_s",
+            "batch10_c4_per_s",
+            True,
+        ),
         ("idle pickup p50", dig(fuseline, "pg_pickup", "p50_ms"), "ms", "pickup_p50_ms", None, False),
         ("idle pickup p99", dig(fuseline, "pg_pickup", "p99_ms"), "ms", "pickup_p99_ms", None, False),
         (
@@ -113,6 +121,14 @@ def main() -> int:
         print("| " + " | ".join(cells) + " |")
     extra = [
         ("chain of 3, 1 worker", fmt(dig(fuseline, "pg_drain_chain3_c1", "seconds"), "s")),
+        (
+            "no-op drain, 1 worker, --prefetch 10",
+            fmt(dig(fuseline, "pg_drain_noop_prefetch10_c1", "steps_per_s"), "/s"),
+        ),
+        (
+            "chains of 3, 4 workers, --prefetch 10",
+            fmt(dig(fuseline, "pg_drain_chain3_prefetch10_c4", "seconds"), "s"),
+        ),
         (
             "no-op drain, 4 workers, SQL ceiling in one transaction",
             fmt(dig(ceiling, "claim_complete_1tx_c4_per_s"), "/s"),
