@@ -187,6 +187,7 @@ def explain_claim(engine: sa.Engine) -> str:
         "p_lease_seconds": 60.0,
         "p_workflow_id": schema.workflow_id,
         "p_version": schema.version,
+        "p_floor": None,  # a full scan: the plan that must use the index even from the oldest entry
     }
     with engine.connect() as conn:
         return "\n".join(conn.exec_driver_sql("EXPLAIN " + STEP_CLAIM_ONE_WORKFLOW, params).scalars())

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -55,6 +55,7 @@ from ..dag import Progress, StepView, WorkflowPlan
 from ..ids import new_id, parse_id
 from ..reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
 from . import migrate as schema_migrations
+from .claimfloor import ClaimFloors
 from .engine import (
     IDLE_IN_TRANSACTION_SECONDS,
     create_claim_engine,
@@ -63,7 +64,7 @@ from .engine import (
     mask_url,
     scrub,
 )
-from .hotpath import PostgresHotPath
+from .hotpath import ClaimRow, PostgresHotPath
 from .listener import WorkListener
 from .models import instances, steps
 from .queries import Queries, queries_for
@@ -177,6 +178,7 @@ class SqlBroker(Broker):
         self._handed_lock = threading.Lock()
         self._reap_interval = max(0.05, min(self.lease_seconds / 4, 5.0))
         self._next_reap = 0.0
+        self._floors = ClaimFloors()
         try:
             if migrate:
                 schema_migrations.ensure_current(self.engine)
@@ -414,11 +416,28 @@ class SqlBroker(Broker):
         if time.monotonic() >= self._next_reap:
             self._reap_expired()
             reaped = True
-        rows = self._hot.claim_batch(worker_id, keys, self.lease_seconds, limit)
+        hot = self._hot
+
+        def claim(floors: list[datetime | None]) -> list[ClaimRow]:
+            return hot.claim_batch(worker_id, keys, floors, self.lease_seconds, limit)
+
+        rows = self._claim_from_floors(keys, claim)
         if not rows and not reaped:
             self._reap_expired()
-            rows = self._hot.claim_batch(worker_id, keys, self.lease_seconds, limit)
+            rows = self._claim_from_floors(keys, claim)
         return [self._hand(worker_id, self._assignment(row)) for row in rows]  # type: ignore[misc]
+
+    def _claim_from_floors(
+        self, keys: list[tuple[str, str]], claim: Callable[[list[datetime | None]], list[ClaimRow]]
+    ) -> list[ClaimRow]:
+        """Claim above the floors of :class:`.claimfloor.ClaimFloors`; from the start if that finds
+        nothing, so an empty answer always means an empty queue. The floors follow the claim."""
+        floors = self._floors.floors(keys)
+        rows = claim(floors)
+        if not rows and any(floor is not None for floor in floors):
+            rows = claim([None] * len(keys))
+        self._floors.follow([(row[1], row[2], row[9]) for row in rows])
+        return rows
 
     def _claim(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
         if not keys:
@@ -457,14 +476,20 @@ class SqlBroker(Broker):
         )
 
     def _claim_in_one_statement(self, worker_id: str, keys: list[tuple[str, str]]) -> StepAssignment | None:
-        assert self._hot is not None
-        row = self._hot.claim(worker_id, keys, self.lease_seconds)
-        return self._assignment(row) if row is not None else None
+        hot = self._hot
+        assert hot is not None
+
+        def claim(floors: list[datetime | None]) -> list[ClaimRow]:
+            row = hot.claim(worker_id, keys, floors, self.lease_seconds)
+            return [row] if row is not None else []
+
+        rows = self._claim_from_floors(keys, claim)
+        return self._assignment(rows[0]) if rows else None
 
     @staticmethod
     def _assignment(row: tuple[Any, ...]) -> StepAssignment:
         """A claim row of the hot path as a StepAssignment."""
-        instance_id, workflow_id, version, name, attempt, started, expires, inputs, results = row
+        instance_id, workflow_id, version, name, attempt, started, expires, inputs, results, _ = row
         return StepAssignment(
             workflow_id=workflow_id,
             instance_id=instance_id,
@@ -629,8 +654,14 @@ class SqlBroker(Broker):
         assert self._hot is not None
         params, finishes = prepared
         accepted, row = self._hot.succeed_and_claim(
-            params, finishes=finishes, workflow=keys[0], lease_seconds=self.lease_seconds
+            params,
+            finishes=finishes,
+            workflow=keys[0],
+            floor=self._floors.floors(keys)[0],
+            lease_seconds=self.lease_seconds,
         )
+        if row is not None:
+            self._floors.follow([(row[1], row[2], row[9])])
         if not accepted:
             # Refused, or a replay of a report accepted earlier: the claim's guard (this step
             # SUCCEEDED at this attempt, reported by this worker) holds for a replay too, so a

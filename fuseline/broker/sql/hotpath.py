@@ -46,11 +46,13 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
     # Only the constants of this function are pasted in (S608 is about user input).
     if many:
         pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
-                                        CAST(%(p_versions)s AS text[])) AS k(workflow_id, version)
+                                        CAST(%(p_versions)s AS text[]),
+                                        CAST(%(p_floors)s AS timestamptz[])) AS k(workflow_id, version, floor)
                      CROSS JOIN LATERAL (
                         SELECT id, available_at FROM fuseline_steps
                          WHERE state = 'QUEUED'
                            AND workflow_id = k.workflow_id AND version = k.version
+                           AND available_at >= COALESCE(k.floor, '-infinity')
                            AND available_at <= clock_timestamp()
                          ORDER BY available_at, id LIMIT {limit}
                            FOR UPDATE SKIP LOCKED) AS q
@@ -59,6 +61,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
         pick = f"""SELECT id FROM fuseline_steps
                       WHERE state = 'QUEUED'
                         AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                        AND available_at >= COALESCE(CAST(%(p_floor)s AS timestamptz), '-infinity')
                         AND available_at <= clock_timestamp()
                       ORDER BY available_at, id LIMIT {limit}
                         FOR UPDATE SKIP LOCKED"""  # noqa: S608
@@ -85,7 +88,8 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
                        || '}}'
               FROM fuseline_steps p
              WHERE p.instance_id = c.instance_id
-               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results
+               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results,
+           c.available_at
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
      ORDER BY c.available_at, c.id
 """  # noqa: S608
@@ -295,6 +299,11 @@ INSTANCES_DISPATCH = """
 """
 
 
+#: A claimed step: (instance_id, workflow_id, version, step, attempt, started, lease expires,
+#: instance inputs, predecessors' results as a JSON object or None, available since).
+ClaimRow = tuple[str, str, str, str, int, datetime, datetime, str, str | None, datetime]
+
+
 class PostgresHotPath:
     """Runs the statements above on connections kept per thread."""
 
@@ -350,40 +359,55 @@ class PostgresHotPath:
         self._local = threading.local()
 
     # -- statements --------------------------------------------------------------------------
-    def claim(
-        self, worker_id: str, keys: Sequence[tuple[str, str]], lease_seconds: float
-    ) -> tuple[str, str, str, str, int, datetime, datetime, str, str | None] | None:
-        """(instance_id, workflow_id, version, step, attempt, started, expires, inputs, results) or None."""
+    @staticmethod
+    def _claim_params(
+        worker_id: str,
+        keys: Sequence[tuple[str, str]],
+        floors: Sequence[datetime | None],
+        lease_seconds: float,
+    ) -> dict[str, Any]:
+        """Parameters of the claim statements: one workflow, or parallel arrays for several."""
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds}
         if len(keys) == 1:
-            sql = STEP_CLAIM_ONE_WORKFLOW
-            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
+            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1], p_floor=floors[0])
         else:
-            sql = STEP_CLAIM_MANY_WORKFLOWS
-            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
-        row = self._run("claims", sql, params)
+            params.update(
+                p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys], p_floors=list(floors)
+            )
+        return params
+
+    def claim(
+        self,
+        worker_id: str,
+        keys: Sequence[tuple[str, str]],
+        floors: Sequence[datetime | None],
+        lease_seconds: float,
+    ) -> ClaimRow | None:
+        """The first queued step of these workflows at or after their floors (None: from the start)."""
+        sql = STEP_CLAIM_ONE_WORKFLOW if len(keys) == 1 else STEP_CLAIM_MANY_WORKFLOWS
+        row = self._run("claims", sql, self._claim_params(worker_id, keys, floors, lease_seconds))
         if row is None:
             return None
         return (str(row[0]), *row[1:])  # type: ignore[return-value]
 
     def claim_batch(
-        self, worker_id: str, keys: Sequence[tuple[str, str]], lease_seconds: float, limit: int
-    ) -> list[tuple[Any, ...]]:
-        """Up to ``limit`` claims in one statement, in queue order (rows as :meth:`claim` returns)."""
-        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": lease_seconds}
+        self,
+        worker_id: str,
+        keys: Sequence[tuple[str, str]],
+        floors: Sequence[datetime | None],
+        lease_seconds: float,
+        limit: int,
+    ) -> list[ClaimRow]:
+        """Up to ``limit`` claims in one statement, in queue order."""
+        sql = STEPS_CLAIM_BATCH_ONE_WORKFLOW if len(keys) == 1 else STEPS_CLAIM_BATCH_MANY_WORKFLOWS
+        params = self._claim_params(worker_id, keys, floors, lease_seconds)
         params["p_limit"] = limit
-        if len(keys) == 1:
-            sql = STEPS_CLAIM_BATCH_ONE_WORKFLOW
-            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
-        else:
-            sql = STEPS_CLAIM_BATCH_MANY_WORKFLOWS
-            params.update(p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys])
         try:
             rows = self._connection("claims").execute(sql, params).fetchall()
         except Exception as exc:
             self._drop("claims")
             raise self._error(exc) from None
-        return [(str(row[0]), *row[1:]) for row in rows]
+        return [(str(row[0]), *row[1:]) for row in rows]  # type: ignore[misc]
 
     def succeed_batch(self, reports: Sequence[tuple[dict[str, Any], bool]]) -> list[bool]:
         """Several successes (the parameters of :meth:`succeed`, finishes) in one statement.
@@ -430,8 +454,14 @@ class PostgresHotPath:
         return self._run("durable", sql, params) is not None
 
     def succeed_and_claim(
-        self, params: dict[str, Any], *, finishes: bool, workflow: tuple[str, str], lease_seconds: float
-    ) -> tuple[bool, tuple[Any, ...] | None]:
+        self,
+        params: dict[str, Any],
+        *,
+        finishes: bool,
+        workflow: tuple[str, str],
+        floor: datetime | None,
+        lease_seconds: float,
+    ) -> tuple[bool, ClaimRow | None]:
         """A success and the next claim of the same worker, pipelined in one round trip.
 
         The report commits durably first; the claim then runs in its own
@@ -444,6 +474,7 @@ class PostgresHotPath:
             "p_lease_seconds": lease_seconds,
             "p_workflow_id": workflow[0],
             "p_version": workflow[1],
+            "p_floor": floor,
         }
         try:
             connection = self._connection("durable")
@@ -460,7 +491,7 @@ class PostgresHotPath:
             raise self._error(exc) from None
         if row is None:
             return accepted, None
-        return accepted, (str(row[0]), *row[1:])
+        return accepted, (str(row[0]), *row[1:])  # type: ignore[return-value]
 
     def dispatch(self, params: dict[str, Any]) -> None:
         self._run("durable", INSTANCES_DISPATCH, params)

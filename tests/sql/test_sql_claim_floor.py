@@ -1,0 +1,98 @@
+"""Claims read the queue from a little below the last claim (``ClaimFloors``) and lose nothing below.
+
+A step can become visible below the floor: its queueing transaction
+committed late, or a claim of it was rolled back. These tests put one there
+(by moving its ``available_at`` back a minute) and check that the hint is in
+force (a newer step is claimed first) and that the step is still claimed:
+as soon as nothing is queued above the floor, and within the full-scan
+period even while newer steps keep coming.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from fuseline import Step, Workflow
+from fuseline.broker.sql import SqlBroker, claimfloor
+
+
+class Unit(Step):
+    def run_step(self, n: int) -> int:
+        return n
+
+
+UNIT = Workflow(outputs=[Unit()], workflow_id="claim-floor-unit", version="1")
+
+
+@pytest.fixture
+def broker(postgres_url: URL) -> Iterator[SqlBroker]:
+    opened = SqlBroker(postgres_url, listen=False)
+    yield opened
+    opened.close()
+
+
+def dispatch(broker: SqlBroker, n: int, *, backdated: bool = False) -> str:
+    instance_id = broker.dispatch_workflow(UNIT.to_schema(), {"n": n})
+    if backdated:  # as if its transaction had committed a minute late
+        with broker.engine.begin() as conn:
+            moved = conn.execute(
+                sa.text(
+                    "UPDATE fuseline_steps SET available_at = available_at - interval '60 seconds' "
+                    "WHERE instance_id = :instance_id AND state = 'QUEUED'"
+                ),
+                {"instance_id": instance_id},
+            ).rowcount
+        assert moved == 1
+    return instance_id
+
+
+def claimed_n(broker: SqlBroker, worker_id: str) -> int | None:
+    assignment = broker.get_step(worker_id)
+    return None if assignment is None else assignment.payload["workflow_inputs"]["n"]
+
+
+def test_a_step_below_the_floor_is_claimed_once_nothing_is_queued_above_it(broker: SqlBroker) -> None:
+    worker = broker.register_worker([UNIT.to_schema()])
+    dispatch(broker, 0)
+    assert claimed_n(broker, worker) == 0  # the floor is now just below step 0
+    dispatch(broker, 1, backdated=True)
+    dispatch(broker, 2)
+
+    assert claimed_n(broker, worker) == 2, "the floor should hide the step queued a minute back"
+    assert claimed_n(broker, worker) == 1, "nothing above the floor: the claim must look from the start"
+    assert claimed_n(broker, worker) is None
+
+
+def test_a_step_below_the_floor_waits_at_most_the_full_scan_period(
+    broker: SqlBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 0.3)
+    worker = broker.register_worker([UNIT.to_schema()])
+    dispatch(broker, 0)
+    assert claimed_n(broker, worker) == 0  # a full scan; the next one is due in 0.3 s
+    dispatch(broker, 1, backdated=True)
+    dispatch(broker, 2)
+    dispatch(broker, 3)
+
+    assert claimed_n(broker, worker) == 2
+    time.sleep(0.35)
+    assert claimed_n(broker, worker) == 1, "the periodic full scan takes the oldest step first"
+    assert claimed_n(broker, worker) == 3
+
+
+def test_batched_claims_follow_the_floor_too(broker: SqlBroker) -> None:
+    worker = broker.register_worker([UNIT.to_schema()])
+    dispatch(broker, 0)
+    assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [0]
+    dispatch(broker, 1, backdated=True)
+    dispatch(broker, 2)
+    dispatch(broker, 3)
+
+    assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [2, 3]
+    assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [1]
+    assert broker.get_steps(worker, 5) == []
