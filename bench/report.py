@@ -134,6 +134,12 @@ def main() -> int:
             fmt(dig(ceiling, "claim_complete_1tx_c4_per_s"), "/s"),
         ),
         (
+            "idle pickup split: the dispatch call (p50) / from its return to the step starting (p50, p99)",
+            f"{fmt(dig(fuseline, 'pg_pickup', 'dispatch_call_p50_ms'), 'ms')} / "
+            f"{fmt(dig(fuseline, 'pg_pickup', 'after_commit_p50_ms'), 'ms')}, "
+            f"{fmt(dig(fuseline, 'pg_pickup', 'after_commit_p99_ms'), 'ms')}",
+        ),
+        (
             "pickup with --no-listen (polling every 0.05 s)",
             f"{fmt(dig(fuseline, 'pg_pickup_no_listen', 'p50_ms'), 'ms')} / "
             f"{fmt(dig(fuseline, 'pg_pickup_no_listen', 'p99_ms'), 'ms')}",
