@@ -4,8 +4,8 @@ A step can become visible below the floor: its queueing transaction
 committed late, or a claim of it was rolled back. These tests put one there
 (by moving its ``available_at`` back a minute) and check that the hint is in
 force (a newer step is claimed first) and that the step is still claimed:
-as soon as nothing is queued above the floor, and within the full-scan
-period even while newer steps keep coming.
+by the rescan of a claim that found nothing above the floor, and by the
+periodic full scan even while newer steps keep coming.
 """
 
 from __future__ import annotations
@@ -56,7 +56,11 @@ def claimed_n(broker: SqlBroker, worker_id: str) -> int | None:
     return None if assignment is None else assignment.payload["workflow_inputs"]["n"]
 
 
-def test_a_step_below_the_floor_is_claimed_once_nothing_is_queued_above_it(broker: SqlBroker) -> None:
+def test_a_step_below_the_floor_is_claimed_once_nothing_is_queued_above_it(
+    broker: SqlBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 0.3)
+    monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 600.0)  # only the empty-queue rescan here
     worker = broker.register_worker([UNIT.to_schema()])
     dispatch(broker, 0)
     assert claimed_n(broker, worker) == 0  # the floor is now just below step 0
@@ -64,6 +68,7 @@ def test_a_step_below_the_floor_is_claimed_once_nothing_is_queued_above_it(broke
     dispatch(broker, 2)
 
     assert claimed_n(broker, worker) == 2, "the floor should hide the step queued a minute back"
+    time.sleep(0.35)
     assert claimed_n(broker, worker) == 1, "nothing above the floor: the claim must look from the start"
     assert claimed_n(broker, worker) is None
 
@@ -72,6 +77,7 @@ def test_a_step_below_the_floor_waits_at_most_the_full_scan_period(
     broker: SqlBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 0.3)
+    monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 600.0)  # only the periodic scan here
     worker = broker.register_worker([UNIT.to_schema()])
     dispatch(broker, 0)
     assert claimed_n(broker, worker) == 0  # a full scan; the next one is due in 0.3 s
@@ -85,7 +91,9 @@ def test_a_step_below_the_floor_waits_at_most_the_full_scan_period(
     assert claimed_n(broker, worker) == 3
 
 
-def test_batched_claims_follow_the_floor_too(broker: SqlBroker) -> None:
+def test_batched_claims_follow_the_floor_too(broker: SqlBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 0.3)
+    monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 600.0)
     worker = broker.register_worker([UNIT.to_schema()])
     dispatch(broker, 0)
     assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [0]
@@ -94,5 +102,6 @@ def test_batched_claims_follow_the_floor_too(broker: SqlBroker) -> None:
     dispatch(broker, 3)
 
     assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [2, 3]
+    time.sleep(0.35)
     assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [1]
     assert broker.get_steps(worker, 5) == []

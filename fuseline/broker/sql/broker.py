@@ -399,9 +399,8 @@ class SqlBroker(Broker):
             self._reap_expired()
             reaped = True
         assignment = self._claim(worker_id, keys)
-        if assignment is None and not reaped:
-            # Nothing queued: an expired lease may be all that is left to do.
-            self._reap_expired()
+        if assignment is None and not reaped and self._reap_expired():
+            # Nothing was queued, but expired leases were: claim one of those.
             assignment = self._claim(worker_id, keys)
         return self._hand(worker_id, assignment)
 
@@ -422,19 +421,18 @@ class SqlBroker(Broker):
             return hot.claim_batch(worker_id, keys, floors, self.lease_seconds, limit)
 
         rows = self._claim_from_floors(keys, claim)
-        if not rows and not reaped:
-            self._reap_expired()
+        if not rows and not reaped and self._reap_expired():
             rows = self._claim_from_floors(keys, claim)
         return [self._hand(worker_id, self._assignment(row)) for row in rows]  # type: ignore[misc]
 
     def _claim_from_floors(
         self, keys: list[tuple[str, str]], claim: Callable[[list[datetime | None]], list[ClaimRow]]
     ) -> list[ClaimRow]:
-        """Claim above the floors of :class:`.claimfloor.ClaimFloors`; from the start if that finds
-        nothing, so an empty answer always means an empty queue. The floors follow the claim."""
+        """Claim above the floors of :class:`.claimfloor.ClaimFloors`, and from the start when
+        that finds nothing and no full scan ran for a second. The floors follow the claim."""
         floors = self._floors.floors(keys)
         rows = claim(floors)
-        if not rows and any(floor is not None for floor in floors):
+        if not rows and any(floor is not None for floor in floors) and self._floors.rescan_when_empty():
             rows = claim([None] * len(keys))
         self._floors.follow([(row[1], row[2], row[9]) for row in rows])
         return rows
@@ -504,8 +502,10 @@ class SqlBroker(Broker):
             version=version,
         )
 
-    def _reap_expired(self) -> None:
+    def _reap_expired(self) -> int:
         """Queue again the steps whose lease expired; fail those on their last attempt.
+
+        Returns how many expired steps it handled.
 
         Any broker process does this while claiming, so no separate daemon
         is needed. Concurrent reapers split the rows (SKIP LOCKED), and
@@ -525,6 +525,7 @@ class SqlBroker(Broker):
             final = conn.execute(self.q.steps_expired_final, {"p_limit": REAP_BATCH}).all()
         for row in final:
             self._fail_lost_step(row)
+        return len(expired) + len(final)
 
     def _fail_lost_step(self, row: Row[Any]) -> None:
         with self._transaction() as conn:

@@ -11,13 +11,13 @@ and the next claim reads from a little before that (``FLOOR_SLACK``).
 
 The floor is only a hint. A step below it (queued by a transaction that
 committed more than ``FLOOR_SLACK`` late, or a claim that was rolled back)
-is still found: a claim that finds nothing above the floor looks again from
-the start before saying the queue is empty, and every ``FULL_SCAN_SECONDS``
-a claim reads the whole queue anyway, so even under a queue that never
-empties such a step waits at most that long. A full scan that finds one
-moves the floor down to it. Full scans are kept rare because under an old
-snapshot each one pays for all the dead entries (one claim in a few hundred
-at a few dozen claims a second, below the 99th percentile).
+is still found by a *full scan*, a claim that reads the whole queue: when a
+claim finds nothing above the floor and the last full scan is more than
+``RESCAN_WHEN_EMPTY_SECONDS`` old, and every ``FULL_SCAN_SECONDS`` in any
+case, so such a step waits at most that long even under a queue that never
+empties. A full scan that finds one moves the floor down to it. Full scans
+are kept rare because under an old snapshot each one pays for all the dead
+entries.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 FLOOR_SLACK = timedelta(seconds=1)
 #: How often a claim ignores the floors and reads the queue from its oldest entry.
 FULL_SCAN_SECONDS = 10.0
+#: A claim that found nothing above the floors looks from the start if no full scan ran for this long.
+RESCAN_WHEN_EMPTY_SECONDS = 1.0
 
 
 class ClaimFloors:
@@ -37,15 +39,24 @@ class ClaimFloors:
 
     def __init__(self) -> None:
         self._floors: dict[tuple[str, str], datetime] = {}
-        self._full_scan_at = 0.0
+        self._last_full_scan = float("-inf")
 
     def floors(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
-        """The floors for the next claim; all None (read from the start) once per period."""
-        now = time.monotonic()
-        if now >= self._full_scan_at:
-            self._full_scan_at = now + FULL_SCAN_SECONDS
+        """The floors for the next claim; all None (a full scan) once per ``FULL_SCAN_SECONDS``."""
+        if self._due(FULL_SCAN_SECONDS):
             return [None] * len(keys)
         return [self._floors.get(key) for key in keys]
+
+    def rescan_when_empty(self) -> bool:
+        """Whether a claim that found nothing above the floors should look again from the start."""
+        return self._due(RESCAN_WHEN_EMPTY_SECONDS)
+
+    def _due(self, period: float) -> bool:
+        now = time.monotonic()
+        if now - self._last_full_scan < period:
+            return False
+        self._last_full_scan = now
+        return True
 
     def follow(self, claimed: Sequence[tuple[str, str, datetime]]) -> None:
         """Move each workflow's floor to just below the oldest step just claimed from it.
