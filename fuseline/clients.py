@@ -11,8 +11,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from .broker.base import Broker, Lease, StepAssignment, StepReport
-from .errors import BrokerError, LeaseLost, ReportConflict
+from .broker.base import (
+    Broker,
+    Lease,
+    StepAssignment,
+    StepReport,
+    claim_one_at_a_time,
+    report_one_at_a_time,
+)
+from .errors import BrokerError
 from .workflow.schema import WorkflowSchema
 
 
@@ -45,25 +52,11 @@ class BrokerClient(ABC):
 
     def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
         """Up to ``limit`` steps at once (a prefetch); one ``get_step`` at a time by default."""
-        claimed: list[StepAssignment] = []
-        while len(claimed) < limit:
-            assignment = self.get_step(worker_id)
-            if assignment is None:
-                break
-            claimed.append(assignment)
-        return claimed
+        return claim_one_at_a_time(self.get_step, worker_id, limit)
 
     def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
         """Report several steps; per report None (accepted) or the LeaseLost / ReportConflict."""
-        outcomes: list[BrokerError | None] = []
-        for report in reports:
-            try:
-                self.report_step(worker_id, report)
-            except (LeaseLost, ReportConflict) as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
+        return report_one_at_a_time(self.report_step, worker_id, reports)
 
     def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
         """Give back prefetched steps that will not run. By default nothing is sent and

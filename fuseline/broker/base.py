@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -204,13 +204,7 @@ class Broker(ABC):
         renew them all; steps it will not run after all go back through
         :meth:`release_steps`. Brokers may claim the batch in one round trip.
         """
-        claimed: list[StepAssignment] = []
-        while len(claimed) < limit:
-            assignment = self.get_step(worker_id)
-            if assignment is None:
-                break
-            claimed.append(assignment)
-        return claimed
+        return claim_one_at_a_time(self.get_step, worker_id, limit)
 
     def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
         """Report several steps this worker holds; brokers may commit them together.
@@ -220,15 +214,7 @@ class Broker(ABC):
         that step). Any other error is raised, and the whole call may be
         sent again: an exact replay of an accepted report is accepted.
         """
-        outcomes: list[BrokerError | None] = []
-        for report in reports:
-            try:
-                self.report_step(worker_id, report)
-            except (LeaseLost, ReportConflict) as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
+        return report_one_at_a_time(self.report_step, worker_id, reports)
 
     @abstractmethod
     def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
@@ -300,3 +286,31 @@ class Broker(ABC):
 
     def close(self) -> None:
         """Release connections; the broker is not used afterwards."""
+
+
+def claim_one_at_a_time(
+    get_step: Callable[[str], StepAssignment | None], worker_id: str, limit: int
+) -> list[StepAssignment]:
+    """``get_steps`` for brokers and clients without a batch claim: ``get_step`` until empty."""
+    claimed: list[StepAssignment] = []
+    while len(claimed) < limit:
+        assignment = get_step(worker_id)
+        if assignment is None:
+            break
+        claimed.append(assignment)
+    return claimed
+
+
+def report_one_at_a_time(
+    report_step: Callable[[str, StepReport], None], worker_id: str, reports: Sequence[StepReport]
+) -> list[BrokerError | None]:
+    """``report_steps`` for brokers and clients without a batch report: each in turn."""
+    outcomes: list[BrokerError | None] = []
+    for report in reports:
+        try:
+            report_step(worker_id, report)
+        except (LeaseLost, ReportConflict) as exc:
+            outcomes.append(exc)
+        else:
+            outcomes.append(None)
+    return outcomes

@@ -14,6 +14,7 @@ from ..clients import BrokerClient
 from ..errors import BrokerError, DatabaseUnavailable, LeaseLost
 from ..workflow.workflow import Workflow
 from .assignment import run_assignment
+from .reportbuffer import ReportBuffer
 
 logger = logging.getLogger("fuseline.worker")
 T = TypeVar("T")
@@ -221,58 +222,53 @@ class ProcessEngine:
     ) -> int:
         """The loop of :meth:`work` when ``prefetch > 1``: claim a batch, run it, report in batches.
 
-        Finished steps' reports wait (at most ``REPORT_FLUSH_SECONDS`` after
-        the first, or until the batch is done) and are sent together, so the
-        broker commits them at once; a worker killed meanwhile loses only
-        those results, and their steps run again when their leases expire.
+        Finished steps' reports wait in a :class:`.reportbuffer.ReportBuffer`
+        (at most ``REPORT_FLUSH_SECONDS`` after the first, or until the batch
+        is done) and are sent together, so the broker commits them at once; a
+        worker killed meanwhile loses only those results, and their steps run
+        again when their leases expire.
         On a stop request the step in hand is finished, the reports are sent
         and the steps not started are given back at once.
         """
         ran = 0
         queue: deque[StepAssignment] = deque()
-        pending: list[StepReport] = []
-        first_pending_at = 0.0
-        while True:
-            if not queue:
-                self._send_reports(pending)
+        reports = ReportBuffer(self._send_reports, REPORT_FLUSH_SECONDS)
+        try:
+            while True:
+                if not queue:
+                    reports.flush()
+                    if self._stopping.is_set():
+                        break
+                    wanted = self.prefetch if max_steps is None else min(self.prefetch, max_steps - ran)
+                    batch = self._retrying(
+                        "claim steps",
+                        lambda wanted=wanted: self.client.get_steps(self.worker_id, wanted),
+                        stoppable=True,
+                    )
+                    if not batch:
+                        if not block or self._stopping.is_set() or (until is not None and until()):
+                            break
+                        self._idle(poll_interval)
+                        continue
+                    queue.extend(batch)
                 if self._stopping.is_set():
                     break
-                wanted = self.prefetch if max_steps is None else min(self.prefetch, max_steps - ran)
-                batch = self._retrying(
-                    "claim steps",
-                    lambda wanted=wanted: self.client.get_steps(self.worker_id, wanted),
-                    stoppable=True,
-                )
-                if not batch:
-                    if not block or self._stopping.is_set() or (until is not None and until()):
-                        break
-                    self._idle(poll_interval)
-                    continue
-                queue.extend(batch)
-            if self._stopping.is_set():
-                break
-            counted, report = self._execute(queue.popleft())
-            if counted:
-                ran += 1
-            if report is not None:
-                if not pending:
-                    first_pending_at = time.monotonic()
-                pending.append(report)
-                if time.monotonic() - first_pending_at >= REPORT_FLUSH_SECONDS:
-                    self._send_reports(pending)
-            if max_steps is not None and ran >= max_steps:
-                break
-        self._send_reports(pending)
-        if queue:
-            self._give_back(list(queue))
+                counted, report = self._execute(queue.popleft())
+                if counted:
+                    ran += 1
+                if report is not None:
+                    reports.add(report)
+                if max_steps is not None and ran >= max_steps:
+                    break
+            reports.flush()
+        finally:
+            reports.close()
+            if queue:
+                self._give_back(list(queue))
         return ran
 
-    def _send_reports(self, pending: list[StepReport]) -> None:
-        """Report the finished steps waiting in ``pending`` (emptied); never gives up on them."""
-        if not pending:
-            return
-        reports = list(pending)
-        pending.clear()
+    def _send_reports(self, reports: list[StepReport]) -> None:
+        """Report finished steps together; waits out outages, never gives up on them."""
         outcomes = self._retrying(
             "report", lambda: self.client.report_steps(self.worker_id, reports), stoppable=False
         )

@@ -386,3 +386,43 @@ def test_stop_during_a_step_reports_it_and_gives_back_the_steps_not_started(brok
         assert (info.status, info.result) == (Status.SUCCEEDED, 2 * x)
     assert [broker.get_instance(i).step("stopper").attempt for i in ids] == [1, 1, 2, 2, 1, 1]
     assert wf.CALLS.snapshot() == {("stopper", x): 1 for x in range(6)}
+
+
+# A step that holds the engine until the test has looked at the database.
+SLOW_AT = 1
+SLOW_STEP_STARTED = threading.Event()
+SLOW_STEP_MAY_END = threading.Event()
+
+
+class WaitsWhenTold(Step):
+    def run_step(self, x: int) -> int:
+        if x == SLOW_AT:
+            SLOW_STEP_STARTED.set()
+            assert SLOW_STEP_MAY_END.wait(30), "the test never let the slow step end"
+        return 10 * x
+
+
+WAITER = Workflow(outputs=[WaitsWhenTold(name="waiter")], workflow_id="contract-prefetch-waiter", version="1")
+
+
+def test_a_finished_step_is_reported_while_a_long_one_of_its_batch_still_runs(broker, make_engine):
+    """Reports wait for the rest of the batch at most REPORT_FLUSH_SECONDS, not for a long step."""
+    SLOW_STEP_STARTED.clear()
+    SLOW_STEP_MAY_END.clear()
+    ids = [WAITER.dispatch(broker, {"x": x}) for x in range(2)]
+    engine = make_engine(broker, WAITER, prefetch=2)
+    worker = threading.Thread(target=engine.work, daemon=True)
+    worker.start()
+    try:
+        assert SLOW_STEP_STARTED.wait(30)
+        deadline = time.monotonic() + 10
+        while broker.get_instance(ids[0]).status is not Status.SUCCEEDED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = broker.get_instance(ids[0])
+        assert (first.status, first.result) == (Status.SUCCEEDED, 0), "the report waited for the slow step"
+        assert broker.get_instance(ids[1]).step("waiter").state is Status.RUNNING
+    finally:
+        SLOW_STEP_MAY_END.set()
+        worker.join(30)
+    assert not worker.is_alive()
+    assert broker.get_instance(ids[1]).result == 10

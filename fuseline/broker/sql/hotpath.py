@@ -311,20 +311,30 @@ class PostgresHotPath:
         self._engines = {"durable": engine, "claims": claims_engine}
         self._scrub = scrub
         self._local = threading.local()
-        self._held: list[Any] = []
+        #: Every kept connection with the thread it belongs to.
+        self._held: list[tuple[threading.Thread, Any]] = []
         self._lock = threading.Lock()
 
     def _connection(self, kind: str) -> Any:
         fairy = getattr(self._local, kind, None)
         if fairy is None:
+            self._discard_orphans()
             fairy = self._engines[kind].raw_connection()
             connection = fairy.driver_connection
             connection.rollback()
             connection.autocommit = True
             setattr(self._local, kind, fairy)
             with self._lock:
-                self._held.append(fairy)
+                self._held.append((threading.current_thread(), fairy))
         return fairy.driver_connection
+
+    def _discard_orphans(self) -> None:
+        """Close the connections of threads that have ended (a worker's short-lived helpers)."""
+        with self._lock:
+            orphans = [fairy for thread, fairy in self._held if not thread.is_alive()]
+            self._held = [(thread, fairy) for thread, fairy in self._held if thread.is_alive()]
+        for fairy in orphans:
+            _discard(fairy)
 
     def _run(self, kind: str, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """Execute one statement; a broken connection is dropped and the error reported."""
@@ -346,15 +356,14 @@ class PostgresHotPath:
         setattr(self._local, kind, None)
         if fairy is not None:
             with self._lock:
-                if fairy in self._held:
-                    self._held.remove(fairy)
+                self._held = [(thread, kept) for thread, kept in self._held if kept is not fairy]
             _discard(fairy)
 
     def close(self) -> None:
         """Discard every kept connection (they are in autocommit mode: not for the pool)."""
         with self._lock:
             held, self._held = self._held, []
-        for fairy in held:
+        for _, fairy in held:
             _discard(fairy)
         self._local = threading.local()
 
