@@ -8,8 +8,10 @@ the queue in id order must step over them. On the server these tests own
 single-step instances, then another ``chaos-snapshot`` connection runs
 ``BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1 FROM fuseline_steps
 LIMIT 1`` and keeps it open while a larger batch drains (full scale: 50,000
-steps dispatched evenly over 10 minutes; there it fails, see the xfail
-reason). Pass: the p99 of claim latency
+steps dispatched evenly over 10 minutes). Claims start from the broker's
+floor (``fuseline.broker.sql.claimfloor``), not from the oldest index entry,
+so they do not step over every dead entry the snapshot keeps alive. Pass:
+the p99 of claim latency
 (``get_step`` calls that returned a step) while the snapshot is held is
 within 5 x the baseline p99; EXPLAIN of the claim statement the workers run
 (the PostgreSQL hot path) uses ``ix_fuseline_steps_queued`` with the bloat
@@ -194,17 +196,6 @@ def explain_claim(engine: sa.Engine) -> str:
 
 
 @pytest.mark.timeout(2 * PHASE_LIMIT_SECONDS + 120)
-@pytest.mark.xfail(
-    FULL,
-    strict=True,
-    reason=(
-        "at the matrix's scale (50k steps under a 10-minute snapshot) the claim p99 grows about 10x "
-        "(42.7 ms vs 4.0 ms): the claim reads ix_fuseline_steps_queued from its lowest id, and every "
-        "claimed step leaves a dead QUEUED entry there that the held snapshot keeps from being pruned "
-        "or marked dead, so each claim visits all of them (cost linear in steps claimed since the "
-        "snapshot). Needs a claim that does not start at the head of the index (e.g. a keyset hint)"
-    ),
-)
 def test_claims_stay_fast_while_a_long_snapshot_holds_back_cleanup(bloat_db: ChaosDatabase) -> None:
     db = bloat_db
     loops = [Loop(db.url) for _ in range(BLOAT.claimers)]
