@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from fuseline import Step, Workflow
+from fuseline import Status, Step, StepReport, Workflow
 from fuseline.broker.sql import SqlBroker, claimfloor
 
 
@@ -105,3 +105,31 @@ def test_batched_claims_follow_the_floor_too(broker: SqlBroker, monkeypatch: pyt
     time.sleep(0.35)
     assert [a.payload["workflow_inputs"]["n"] for a in broker.get_steps(worker, 5)] == [1]
     assert broker.get_steps(worker, 5) == []
+
+
+def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
+    postgres_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lost work is taken up before the backlog queued after it, though it sits below the floor."""
+    monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 600.0)  # no full scan may find it here
+    monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 600.0)
+    broker = SqlBroker(postgres_url, lease_seconds=0.3, listen=False)
+    try:
+        lost, alive = (broker.register_worker([UNIT.to_schema()]) for _ in range(2))
+        dispatch(broker, 0, backdated=True)
+        assert claimed_n(broker, lost) == 0  # and never reported: its lease runs out
+        for n in (1, 2, 3):
+            dispatch(broker, n)
+        first = broker.get_step(alive)
+        assert first is not None and first.payload["workflow_inputs"]["n"] == 1  # the floor is above step 0
+        broker.report_step(
+            alive, StepReport(first.workflow_id, first.instance_id, first.step_name, Status.SUCCEEDED, 1)
+        )
+        time.sleep(0.4)
+
+        again = broker.get_step(alive)  # reaps step 0, then claims
+        assert again is not None
+        assert (again.payload["workflow_inputs"]["n"], again.attempt) == (0, 2)
+        assert claimed_n(broker, alive) == 2
+    finally:
+        broker.close()

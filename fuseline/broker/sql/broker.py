@@ -517,6 +517,7 @@ class SqlBroker(Broker):
             expired = conn.execute(self.q.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
             if expired:
                 conn.execute(self.q.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
+                self._floors.lower([(r.workflow_id, r.version, _aware(r.available_at)) for r in expired])
                 self._announce_work(conn)
                 self._append(
                     conn,

@@ -9,6 +9,10 @@ oldest entry steps over every step claimed since. So each broker remembers,
 per workflow, when the oldest step of its last claim had become available,
 and the next claim reads from a little before that (``FLOOR_SLACK``).
 
+Steps whose lease expired go back to their old place in line, below the
+floors; the broker that reaps them lowers its own floors (``lower``), so its
+next claims take them first.
+
 The floor is only a hint. A step below it (queued by a transaction that
 committed more than ``FLOOR_SLACK`` late, or a claim that was rolled back)
 is still found by a *full scan*, a claim that reads the whole queue: when a
@@ -68,4 +72,17 @@ class ClaimFloors:
             key = (workflow_id, version)
             if key not in seen:
                 seen.add(key)
+                self._floors[key] = available_at - FLOOR_SLACK
+
+    def lower(self, requeued: Sequence[tuple[str, str, datetime | None]]) -> None:
+        """Steps put back at their old place in line (expired leases): the next claims see them.
+
+        ``requeued`` holds (workflow_id, version, available_at). Only this
+        broker's floors move; other brokers find the steps at their next full
+        scan, and this one (which reaped them while claiming) claims them first.
+        """
+        for workflow_id, version, available_at in requeued:
+            key = (workflow_id, version)
+            current = self._floors.get(key)
+            if available_at is not None and current is not None and available_at - FLOOR_SLACK < current:
                 self._floors[key] = available_at - FLOOR_SLACK

@@ -213,7 +213,9 @@ class Queries:
         #: Expired leases on the last allowed attempt. Not locked here: each is
         #: failed in its own transaction that takes the instance lock first.
         self.steps_expired_final: Select = self._expired(steps.c.attempt >= steps.c.max_attempts, lock=False)
-        #: Put locked, expired steps back in the queue (re-checked: a report may have won).
+        #: Put locked, expired steps back in the queue (re-checked: a report may have won), at
+        #: their old place in line (available_at is kept): work that was already started and
+        #: lost is taken up again before the backlog queued after it.
         self.steps_requeue_expired: Update = (
             update(steps)
             .where(
@@ -221,7 +223,7 @@ class Queries:
                 steps.c.state == RUNNING,
                 steps.c.lease_expires_at < now,
             )
-            .values(state=QUEUED, worker_id=None, lease_expires_at=None, available_at=now)
+            .values(state=QUEUED, worker_id=None, lease_expires_at=None)
         )
         #: Fail a step whose last lease expired, if nothing else moved it meanwhile.
         self.step_fail_if_expired: Update = (
@@ -354,7 +356,16 @@ class Queries:
 
     def _expired(self, attempts_condition, *, lock: bool) -> Select:
         query = (
-            select(steps.c.id, steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.worker_id)
+            select(
+                steps.c.id,
+                steps.c.instance_id,
+                steps.c.workflow_id,
+                steps.c.version,
+                steps.c.name,
+                steps.c.attempt,
+                steps.c.worker_id,
+                steps.c.available_at,
+            )
             .where(
                 steps.c.state == RUNNING, steps.c.lease_expires_at < self.dialect.now(), attempts_condition
             )
