@@ -172,15 +172,18 @@ class WorkerRow(Base):
 
 
 class EventRow(Base):
-    """Append-only history of an instance: dispatched, claimed, succeeded, lease_expired, ..."""
+    """Append-only history of an instance: dispatched, claimed, succeeded, lease_expired, ...
+
+    No foreign key to the instance (migration 0003): events are written only
+    together with the instance change they record, and the check cost a row
+    lock per event on the hottest path.
+    """
 
     __tablename__ = "fuseline_events"
     __table_args__ = (Index("ix_fuseline_events_instance_id_id", "instance_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    instance_id: Mapped[str] = mapped_column(
-        Uuid(as_uuid=False), ForeignKey("fuseline_instances.id", ondelete="CASCADE")
-    )
+    instance_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
     at: Mapped[datetime] = mapped_column(Timestamp)
     kind: Mapped[str] = mapped_column(String(32))
     step_name: Mapped[str | None] = mapped_column(Name)
