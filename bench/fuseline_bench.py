@@ -160,6 +160,7 @@ def pickup(url: str, samples: int, *, listen: bool = True) -> dict[str, float]:
 
     ``listen=False`` shows what polling alone gives (the worker polls every 0.05 s).
     """
+    checkpoint(url)  # the write-back of earlier figures must not stall these commits
     context = mp.get_context("fork")
     start, ready = context.Event(), context.Semaphore(0)
     proc = context.Process(target=_worker, args=(url, "pickup", start, ready, False, listen))
