@@ -40,7 +40,8 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
     it again and claims more than the limit). Several workflows are searched one at a time
     (a lateral subquery per workflow, each an ordered walk of the queued-steps index): a
     ``(workflow_id, version) IN (...)`` condition cannot use that index's order and sorts every
-    queued row instead.
+    queued row instead. Each workflow is read from the broker's floor on (``p_floor`` or
+    ``p_floors``; NULL reads from the oldest entry): see :mod:`.claimfloor`.
     """
     limit = "%(p_limit)s" if batch else "1"
     # Only the constants of this function are pasted in (S608 is about user input).
