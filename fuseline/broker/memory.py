@@ -190,8 +190,7 @@ class MemoryBroker(Broker):
                 instance = self._instances[instance_id]
                 step = instance.steps[name]
                 if step.worker_id == worker_id:
-                    step.max_attempts += 1  # a graceful release does not use up an attempt
-                    self._requeue(instance, step, "released")
+                    self._release(instance, step)
 
     def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
         with self._lock:
@@ -207,8 +206,7 @@ class MemoryBroker(Broker):
                     or step.attempt != assignment.attempt
                 ):
                     continue
-                step.max_attempts += 1  # never run: the attempt is given back
-                self._requeue(instance, step, "released")
+                self._release(instance, step)
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
         with self._lock:
@@ -281,6 +279,11 @@ class MemoryBroker(Broker):
                     self._running.discard((instance_id, name))
                     self._event(instance, "lease_expired", step, worker_id=step.worker_id)
                     self._finish(instance, step, Status.FAILED, None, WORKER_LOST)
+
+    def _release(self, instance: _Instance, step: _Step) -> None:
+        """Give a held step back to the queue; a graceful release does not use up an attempt."""
+        step.max_attempts += 1
+        self._requeue(instance, step, "released")
 
     def _requeue(self, instance: _Instance, step: _Step, kind: str) -> None:
         self._running.discard((instance.instance_id, step.name))

@@ -44,8 +44,13 @@ def report(
     *,
     attempt: Any = _SAME,
     error: str | None = None,
+    version: str | None = None,
 ) -> StepReport:
-    """The report for ``assignment``; ``attempt`` defaults to the assignment's attempt."""
+    """The report for ``assignment``; ``attempt`` defaults to the assignment's attempt.
+
+    Pass ``version=assignment.version`` for the report as a ProcessEngine
+    sends it, which lets a broker take its one-statement path.
+    """
     return StepReport(
         workflow_id=assignment.workflow_id,
         instance_id=assignment.instance_id,
@@ -54,6 +59,7 @@ def report(
         result=result,
         attempt=assignment.attempt if attempt is _SAME else attempt,
         error=error,
+        version=version,
     )
 
 

@@ -13,7 +13,7 @@ from fuseline.engines import ProcessEngine
 from fuseline.errors import LeaseLost, ReportConflict
 
 from . import workflows as wf
-from .support import register, states, trail
+from .support import register, report, states, trail
 
 LEASE = 0.3
 PAST_LEASE = 0.45
@@ -21,27 +21,12 @@ PAST_LEASE = 0.45
 
 def ok(assignment: StepAssignment, result, *, attempt: int | None = None) -> StepReport:
     """A success report as the engine sends it (attempt and version), so brokers take their fast path."""
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.SUCCEEDED,
-        result,
-        attempt=assignment.attempt if attempt is None else attempt,
-        version=assignment.version,
-    )
+    attempt = assignment.attempt if attempt is None else attempt
+    return report(assignment, Status.SUCCEEDED, result, attempt=attempt, version=assignment.version)
 
 
 def failed(assignment: StepAssignment, error: str) -> StepReport:
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.FAILED,
-        attempt=assignment.attempt,
-        error=error,
-        version=assignment.version,
-    )
+    return report(assignment, Status.FAILED, error=error, version=assignment.version)
 
 
 def held(assignments: list[StepAssignment]) -> list[tuple[str, str, int]]:
@@ -297,13 +282,7 @@ def test_an_engine_drains_a_mix_of_workflows_with_the_same_outcome_at_any_prefet
         assert (info.status, info.result) == (Status.SUCCEEDED, [x + 1, x + 2])
     for x, instance_id in failing.items():
         info = broker.get_instance(instance_id)
-        assert states(info) == {
-            "root": Status.SUCCEEDED,
-            "boom": Status.FAILED,
-            "after_boom": Status.CANCELLED,
-            "after_after": Status.CANCELLED,
-            "independent": Status.SUCCEEDED,
-        }
+        assert states(info) == wf.FAIL_FAST_STATES
         assert info.status is Status.FAILED
         assert (info.step("independent").result, info.step("boom").attempt) == (x + 1, 1)
         assert f"ValueError: boom on {x}" in info.step("boom").error

@@ -8,18 +8,12 @@ from fuseline import Status, StepReport
 from fuseline.errors import LeaseLost
 
 from . import workflows as wf
+from .support import report
 
 
 def success(assignment, result, *, attempt=None) -> StepReport:
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.SUCCEEDED,
-        result,
-        attempt=assignment.attempt if attempt is None else attempt,
-        version=assignment.version,
-    )
+    attempt = assignment.attempt if attempt is None else attempt
+    return report(assignment, Status.SUCCEEDED, result, attempt=attempt, version=assignment.version)
 
 
 def test_report_and_claim_accepts_the_report_and_hands_out_the_next_step(broker):

@@ -21,6 +21,7 @@ from fuseline import (
     Condition,
     Depends,
     FunctionStep,
+    Status,
     Step,
     Workflow,
     workflow_from_functions,
@@ -352,6 +353,14 @@ class Independent(Step):
 
 
 FAIL_FAST = Workflow(outputs=[AfterAfter(), Independent()], workflow_id="contract-fail-fast", version="1")
+#: How every FAIL_FAST instance ends: boom fails, its successors are cancelled, the rest succeeds.
+FAIL_FAST_STATES = {
+    "root": Status.SUCCEEDED,
+    "boom": Status.FAILED,
+    "after_boom": Status.CANCELLED,
+    "after_after": Status.CANCELLED,
+    "independent": Status.SUCCEEDED,
+}
 
 
 # -- RetryPolicy inside the worker -------------------------------------------------------------------

@@ -154,15 +154,6 @@ class Monitor:
         self.conn.close()
 
 
-@contextlib.contextmanager
-def monitor(url: URL) -> Iterator[Monitor]:
-    watching = Monitor(url)
-    try:
-        yield watching
-    finally:
-        watching.close()
-
-
 # -- dispatching and timing ----------------------------------------------------------------------
 class Dispatcher:
     """Dispatches ``stamp`` instances (a broker of the test's own, not listening) and times pickups."""
@@ -220,15 +211,6 @@ class Dispatcher:
         self.broker.close()
 
 
-@contextlib.contextmanager
-def dispatcher(url: URL) -> Iterator[Dispatcher]:
-    dispatching = Dispatcher(url)
-    try:
-        yield dispatching
-    finally:
-        dispatching.close()
-
-
 def pickups(dispatching: Dispatcher, count: int, max_pause: float, seed: int) -> list[float]:
     """``count`` pickups one at a time, each after a random pause (any phase of the worker's poll)."""
     rng = random.Random(seed)
@@ -248,8 +230,8 @@ def summary(latencies: list[float]) -> str:
 def test_polling_only_picks_up_within_the_poll_interval(postgres_url: URL, tmp_path: Path) -> None:
     """``--no-listen`` (the setting behind PgBouncer in transaction mode): p99 <= interval + 1 s."""
     with (
-        monitor(postgres_url) as watching,
-        dispatcher(postgres_url) as dispatching,
+        contextlib.closing(Monitor(postgres_url)) as watching,
+        contextlib.closing(Dispatcher(postgres_url)) as dispatching,
         worker(postgres_url, tmp_path / "worker.err", poll_interval=POLL_ONLY_INTERVAL, listen=False) as w,
     ):
         dispatching.warm_up(w)
@@ -267,8 +249,8 @@ def test_polling_only_picks_up_within_the_poll_interval(postgres_url: URL, tmp_p
 def test_listening_wakes_the_worker_long_before_its_poll(postgres_url: URL, tmp_path: Path) -> None:
     """A 5 s poll interval and every pickup well under 100 ms: NOTIFY, not polling, woke it."""
     with (
-        monitor(postgres_url) as watching,
-        dispatcher(postgres_url) as dispatching,
+        contextlib.closing(Monitor(postgres_url)) as watching,
+        contextlib.closing(Dispatcher(postgres_url)) as dispatching,
         worker(postgres_url, tmp_path / "worker.err", poll_interval=LISTENING_INTERVAL, listen=True) as w,
     ):
         dispatching.warm_up(w)
@@ -282,8 +264,8 @@ def test_listening_wakes_the_worker_long_before_its_poll(postgres_url: URL, tmp_
 
 def test_a_killed_listener_comes_back_and_polling_covers_the_gap(postgres_url: URL, tmp_path: Path) -> None:
     with (
-        monitor(postgres_url) as watching,
-        dispatcher(postgres_url) as dispatching,
+        contextlib.closing(Monitor(postgres_url)) as watching,
+        contextlib.closing(Dispatcher(postgres_url)) as dispatching,
         worker(postgres_url, tmp_path / "worker.err", poll_interval=GAP_POLL_INTERVAL, listen=True) as w,
     ):
         dispatching.warm_up(w)
@@ -335,18 +317,18 @@ def test_a_one_mib_input_is_announced_by_an_empty_notification(postgres_url: URL
         psycopg.connect(
             conninfo(postgres_url), autocommit=True, application_name="listen-notify-test"
         ) as listener,
-        monitor(postgres_url) as watching,
+        contextlib.closing(Monitor(postgres_url)) as watching,
         worker(postgres_url, tmp_path / "worker.err", poll_interval=LISTENING_INTERVAL, listen=True) as w,
     ):
         listener.execute(LISTEN_QUERY)
-        with dispatcher(postgres_url) as warming:
+        with contextlib.closing(Dispatcher(postgres_url)) as warming:
             warming.warm_up(w)
         watching.one_listener(timeout=LISTENING_INTERVAL + 5)
         list(listener.notifies(timeout=0.2))  # the warm-up's notification
         latencies, received = [], []
         # A fresh broker: its first dispatch takes the general path (the schema is stored, then
         # NOTIFY), the next ones the one-statement path (pg_notify in the dispatch statement).
-        with dispatcher(postgres_url) as dispatching:
+        with contextlib.closing(Dispatcher(postgres_url)) as dispatching:
             for _ in range(3):
                 latencies.append(dispatching.pickup(blob))
                 received.append(list(listener.notifies(timeout=0.3)))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row
 from sqlalchemy.engine import URL
@@ -73,6 +73,8 @@ from .queries import Queries, queries_for
 REAP_BATCH = 100
 #: How often an idle worker on SQLite looks for work.
 SQLITE_POLL_SECONDS = 0.1
+#: What a claim returns: one assignment (or None), or a batch of claimed rows.
+_Claimed = TypeVar("_Claimed")
 
 _Event = dict[str, Any]
 
@@ -394,15 +396,19 @@ class SqlBroker(Broker):
     # -- claiming ----------------------------------------------------------------------------
     def get_step(self, worker_id: str) -> StepAssignment | None:
         keys = self._keys_of(worker_id)
+        return self._hand(worker_id, self._reaping(lambda: self._claim(worker_id, keys)))
+
+    def _reaping(self, claim: Callable[[], _Claimed]) -> _Claimed:
+        """Run ``claim``, reaping expired leases first when a reaper pass is due, or when the
+        claim found nothing (then claiming again if the reaper put steps back)."""
         reaped = False
         if time.monotonic() >= self._next_reap:
             self._reap_expired()
             reaped = True
-        assignment = self._claim(worker_id, keys)
-        if assignment is None and not reaped and self._reap_expired():
-            # Nothing was queued, but expired leases were: claim one of those.
-            assignment = self._claim(worker_id, keys)
-        return self._hand(worker_id, assignment)
+        claimed = claim()
+        if not claimed and not reaped and self._reap_expired():
+            claimed = claim()
+        return claimed
 
     def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
         """On PostgreSQL, the whole batch in one statement; elsewhere one claim at a time."""
@@ -411,18 +417,12 @@ class SqlBroker(Broker):
         keys = self._keys_of(worker_id)
         if not keys:
             return []
-        reaped = False
-        if time.monotonic() >= self._next_reap:
-            self._reap_expired()
-            reaped = True
         hot = self._hot
 
         def claim(floors: list[datetime | None]) -> list[ClaimRow]:
             return hot.claim_batch(worker_id, keys, floors, self.lease_seconds, limit)
 
-        rows = self._claim_from_floors(keys, claim)
-        if not rows and not reaped and self._reap_expired():
-            rows = self._claim_from_floors(keys, claim)
+        rows = self._reaping(lambda: self._claim_from_floors(keys, claim))
         return [self._hand(worker_id, self._assignment(row)) for row in rows]  # type: ignore[misc]
 
     def _claim_from_floors(
@@ -549,18 +549,26 @@ class SqlBroker(Broker):
 
     # -- reporting ---------------------------------------------------------------------------
     def report_step(self, worker_id: str, report: StepReport) -> None:
+        self._report_and_forget(worker_id, report, fast_path=True)
+
+    def _report_and_forget(self, worker_id: str, report: StepReport, *, fast_path: bool) -> None:
+        """Report, then stop renewing the step's lease whatever the answer.
+
+        ``fast_path=False`` goes straight to the general path (a batch already
+        tried the one-statement path for this report).
+        """
         try:
-            self._report_step(worker_id, report)
+            self._report_step(worker_id, report, fast_path)
         except (LeaseLost, ReportConflict):
             self._forget_report(worker_id, report)
             raise
         self._forget_report(worker_id, report)
 
-    def _report_step(self, worker_id: str, report: StepReport) -> None:
+    def _report_step(self, worker_id: str, report: StepReport, fast_path: bool) -> None:
         state = reported_state(report)
         _worker_uuid(worker_id)
         _instance_uuid(report.instance_id)
-        if state is Status.SUCCEEDED and self._report_in_one_statement(worker_id, report):
+        if fast_path and state is Status.SUCCEEDED and self._report_in_one_statement(worker_id, report):
             return
         with self._transaction() as conn:
             locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
@@ -618,7 +626,7 @@ class SqlBroker(Broker):
         """On PostgreSQL, the one-statement successes share one transaction (one WAL flush).
 
         The rest (failures, joins, refusals to explain) take the general path
-        one by one, after that commit.
+        one by one, after that commit, without trying the one-statement path again.
         """
         if self._hot is None:
             return super().report_steps(worker_id, reports)
@@ -642,7 +650,7 @@ class SqlBroker(Broker):
                     general.append(index)
         for index in sorted(general):
             try:
-                self.report_step(worker_id, reports[index])
+                self._report_and_forget(worker_id, reports[index], fast_path=False)
             except (LeaseLost, ReportConflict) as exc:
                 outcomes[index] = exc
         return outcomes
@@ -673,17 +681,13 @@ class SqlBroker(Broker):
                 self.report_step(worker_id, report)  # explains the refusal; an exact replay is fine
             except BrokerError:
                 if claimed is not None:
-                    self._give_back(worker_id, claimed)
+                    self.release_steps(worker_id, [claimed])
                 raise
             return self._hand(worker_id, claimed) if claimed is not None else self.get_step(worker_id)
         self._forget_report(worker_id, report)
         if row is None:
             return self.get_step(worker_id)
         return self._hand(worker_id, self._assignment(row))
-
-    def _give_back(self, worker_id: str, assignment: StepAssignment) -> None:
-        """Queue again a step claimed for a worker that is never told (its attempt is refunded)."""
-        self.release_steps(worker_id, [assignment])
 
     def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
         _worker_uuid(worker_id)

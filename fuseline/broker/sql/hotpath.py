@@ -337,14 +337,19 @@ class PostgresHotPath:
         for fairy in orphans:
             _discard(fairy)
 
-    def _run(self, kind: str, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """Execute one statement; a broken connection is dropped and the error reported."""
+    def _rows(self, kind: str, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Execute one statement and return its rows; a broken connection is dropped and the
+        error reported."""
         try:
-            cursor = self._connection(kind).execute(sql, params)
-            return cursor.fetchone()
+            return self._connection(kind).execute(sql, params).fetchall()
         except Exception as exc:
             self._drop(kind)
             raise self._error(exc) from None
+
+    def _run(self, kind: str, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute one statement; its first row, if any."""
+        rows = self._rows(kind, sql, params)
+        return rows[0] if rows else None
 
     def _error(self, exc: Exception) -> DatabaseError:
         from .engine import is_transient
@@ -412,11 +417,7 @@ class PostgresHotPath:
         sql = STEPS_CLAIM_BATCH_ONE_WORKFLOW if len(keys) == 1 else STEPS_CLAIM_BATCH_MANY_WORKFLOWS
         params = self._claim_params(worker_id, keys, floors, lease_seconds)
         params["p_limit"] = limit
-        try:
-            rows = self._connection("claims").execute(sql, params).fetchall()
-        except Exception as exc:
-            self._drop("claims")
-            raise self._error(exc) from None
+        rows = self._rows("claims", sql, params)
         return [(str(row[0]), *row[1:]) for row in rows]  # type: ignore[misc]
 
     def succeed_batch(self, reports: Sequence[tuple[dict[str, Any], bool]]) -> list[bool]:
@@ -449,13 +450,8 @@ class PostgresHotPath:
                     batch["p_q_names"].append(name)
                     batch["p_q_consumers"].append(name in consumers)
                     batch["p_q_inputs_from"].append(params["p_inputs_from"])
-        try:
-            connection = self._connection("durable")
-            cursor = connection.execute(STEPS_SUCCEED_BATCH, {"p_worker_id": worker_id, **batch})
-            accepted = {row[0] for row in cursor.fetchall()}
-        except Exception as exc:
-            self._drop("durable")
-            raise self._error(exc) from None
+        rows = self._rows("durable", STEPS_SUCCEED_BATCH, {"p_worker_id": worker_id, **batch})
+        accepted = {row[0] for row in rows}
         return [n in accepted for n in range(len(reports))]
 
     def succeed(self, params: dict[str, Any], *, finishes: bool) -> bool:
