@@ -5,6 +5,7 @@ Write workflows as DAGs of Python steps, run them in-process with
 and let any number of workers run the steps.
 """
 
+from . import engines  # noqa: F401 - its import registers PoolEngine as Workflow.run's default runner
 from ._version import __version__
 from .broker.base import StepAssignment, StepReport
 from .states import Status
@@ -16,6 +17,7 @@ from .workflow import (
     FunctionStep,
     Step,
     Workflow,
+    WorkflowRun,
     WorkflowSchema,
     workflow_from_functions,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "StepAssignment",
     "StepReport",
     "Workflow",
+    "WorkflowRun",
     "WorkflowSchema",
     "__version__",
     "workflow_from_functions",

@@ -84,6 +84,19 @@ class UnknownWorker(BrokerError):
         super().__init__(f"unknown worker {worker_id!r}: call register_worker first")
 
 
+class WorkerExpired(BrokerError):
+    """The worker sent no heartbeat for twice its lease, or was stopped: it is listed dead.
+
+    Its leases have lapsed and its steps may already run elsewhere, so its
+    claims and heartbeats are refused until it registers again (under a new
+    worker id). :class:`~fuseline.engines.ProcessEngine` does that by itself.
+    """
+
+    def __init__(self, worker_id: str, reason: str = "it sent no heartbeat for twice its lease") -> None:
+        self.worker_id = worker_id
+        super().__init__(f"worker {worker_id!r} is listed dead ({reason}); register it again")
+
+
 class UnknownWorkflow(BrokerError):
     """No workflow with this id and version is stored."""
 
@@ -158,6 +171,12 @@ class DatabaseUnavailable(DatabaseError):
     Workers wait these out and retry; every other DatabaseError (read-only
     database, missing privilege, missing tables) is permanent and stops them.
     """
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """The server answered but takes no more connections now: ``max_connections`` is reached,
+    or it is starting up. Unlike a refused connection (a wrong port stays wrong), this passes
+    by itself, so a worker starting up waits for it instead of exiting."""
 
 
 class SchemaOutOfDate(DatabaseError):

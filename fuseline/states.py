@@ -33,8 +33,51 @@ class Status(str, Enum):
 
 
 FINAL_STATES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.SKIPPED, Status.CANCELLED})
+#: States a step still moves out of: the rules, a claim or a report will change them.
+UNFINISHED_STATES = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
+#: Final states that cancel what depends on them (fail-fast downstream).
+BROKEN_STATES = frozenset({Status.FAILED, Status.CANCELLED})
 ACTIVE_STATES = frozenset({Status.QUEUED, Status.RUNNING})
 #: States a worker may report for the step it holds.
 REPORTABLE_STATES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.SKIPPED})
 #: Instance states: RUNNING until finalized once as one of the other three.
 INSTANCE_STATES = frozenset({Status.RUNNING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class EventKind(str, Enum):
+    """What one line of an instance's history records (``fuseline_events.kind``).
+
+    The step kinds named after a state (``queued``, ``succeeded``, ...) are
+    that state in lower case: :meth:`of_step` and :meth:`of_instance` map a
+    state to its kind, so no code spells them twice.
+    """
+
+    DISPATCHED = "dispatched"
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    #: A worker gave the step back unstarted (graceful stop, prefetch); the attempt is refunded.
+    RELEASED = "released"
+    #: The holder's lease ran out: the step is queued again or, on its last attempt, failed.
+    LEASE_EXPIRED = "lease_expired"
+    #: ``retry_instance``: failed and cancelled steps go back to PENDING.
+    RETRIED = "retried"
+    INSTANCE_SUCCEEDED = "instance_succeeded"
+    INSTANCE_FAILED = "instance_failed"
+    INSTANCE_CANCELLED = "instance_cancelled"
+
+    @classmethod
+    def of_step(cls, state: Status) -> EventKind:
+        """The event that records a step reaching ``state``."""
+        return cls(state.value.lower())
+
+    @classmethod
+    def of_instance(cls, status: Status) -> EventKind:
+        """The event that records an instance finishing with ``status``."""
+        return cls(f"instance_{status.value.lower()}")
+
+    def __str__(self) -> str:
+        return self.value

@@ -6,7 +6,7 @@ changed. Every broker calls it while holding its per-instance lock, so two
 predecessors finishing at once are evaluated one after the other and a
 successor is queued exactly once.
 
-The rules (DESIGN.md section 2):
+The rules (README, "What the broker guarantees"):
 
 - a step's dependencies are *slots*: each predecessor on its own, except
   that the members of an OR group (``Depends([a, b])``) form one slot;
@@ -34,11 +34,8 @@ from enum import Enum
 from typing import Any
 
 from ..errors import WorkflowDefinitionError
-from ..states import Status
+from ..states import BROKEN_STATES, UNFINISHED_STATES, Status
 from ..workflow.schema import WorkflowSchema
-
-_UNFINISHED = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
-_BROKEN = frozenset({Status.FAILED, Status.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -227,7 +224,7 @@ class WorkflowPlan:
     def outcome(self, view: Mapping[str, StepView]) -> Status | None:
         """The instance's final status once every step is final, else None."""
         states = [v.state for v in view.values()]
-        if any(s in _UNFINISHED for s in states):
+        if any(s in UNFINISHED_STATES for s in states):
             return None
         return Status.FAILED if Status.FAILED in states else Status.SUCCEEDED
 
@@ -243,9 +240,9 @@ class WorkflowPlan:
                 satisfied.append(first)
                 continue
             states = [view[m].state for m in slot]
-            if any(s in _UNFINISHED for s in states):
+            if any(s in UNFINISHED_STATES for s in states):
                 pending = True
-            elif any(s in _BROKEN for s in states):
+            elif any(s in BROKEN_STATES for s in states):
                 failed = True
             elif Status.SUCCEEDED in states:
                 vetoed = True

@@ -14,6 +14,8 @@ import threading
 import time
 import uuid
 
+from ..errors import UnknownInstance, UnknownWorker
+
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
@@ -47,3 +49,22 @@ def parse_id(value: object) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def worker_uuid(worker_id: object) -> str:
+    """A worker id in canonical form; anything that is not a UUID is an unknown worker.
+
+    Checked before it reaches SQL, where a malformed id would be a cast error.
+    """
+    parsed = parse_id(worker_id)
+    if parsed is None:
+        raise UnknownWorker(str(worker_id))
+    return parsed
+
+
+def instance_uuid(instance_id: object) -> str:
+    """An instance id in canonical form; anything that is not a UUID is an unknown instance."""
+    parsed = parse_id(instance_id)
+    if parsed is None:
+        raise UnknownInstance(str(instance_id))
+    return parsed

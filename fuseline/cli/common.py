@@ -62,22 +62,13 @@ def user_errors() -> Iterator[None]:
 
 
 def open_broker(ctx: typer.Context, *, lease_seconds: float | None = None):
-    """The SqlBroker of the configured database.
-
-    SQLite databases (the embedded default included) are created and
-    upgraded on first use; PostgreSQL must be upgraded with ``fuseline db
-    upgrade`` by its owner.
-    """
+    """The SqlBroker of the configured database (see :meth:`SqlBroker.for_url`: SQLite is
+    created and upgraded on first use, PostgreSQL is upgraded by its owner)."""
     from ..broker.sql import SqlBroker
-    from ..broker.sql.engine import parse_url
 
-    url = settings(ctx).url
+    options: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
     with user_errors():
-        parsed = parse_url(url)
-        options: dict[str, Any] = {"migrate": parsed.get_backend_name() == "sqlite"}
-        if lease_seconds is not None:
-            options["lease_seconds"] = lease_seconds
-        return SqlBroker(url, **options)
+        return SqlBroker.for_url(settings(ctx).url, **options)
 
 
 def hide_secrets(message: str) -> str:

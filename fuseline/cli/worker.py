@@ -7,13 +7,19 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..engines.retry import reconnect_delay
 from ..workflow.workflow import Workflow
-from .common import masked_url, open_broker, settings, user_errors
+from .common import fail, masked_url, settings
+
+if TYPE_CHECKING:
+    from ..broker.sql import SqlBroker
+    from ..engines.worker import Worker
 from .loading import load_workflow
 
 worker_app = typer.Typer(
@@ -92,13 +98,8 @@ def run(
             f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
         )
     loaded = [load_workflow(spec) for spec in workflows]
-    # Check the database and the definitions once, before any process starts.
-    broker = open_broker(ctx, lease_seconds=lease_seconds)
-    try:
-        with user_errors():
-            broker.register_workflows([wf.to_schema() for wf in loaded])
-    finally:
-        broker.close()
+    configure_logging(level)
+    check_before_starting(ctx, loaded, lease_seconds)
     options = WorkerOptions(
         url=settings(ctx).url,
         specs=tuple(workflows),
@@ -109,7 +110,6 @@ def run(
         listen=listen,
         prefetch=prefetch,
     )
-    configure_logging(level)
     logger.info(
         "starting %d worker process%s for %s on %s",
         concurrency,
@@ -120,6 +120,25 @@ def run(
     if concurrency == 1:
         raise typer.Exit(work_in_this_process(options, loaded))
     raise typer.Exit(supervise(options, concurrency))
+
+
+def check_before_starting(ctx: typer.Context, loaded: list[Workflow], lease_seconds: float) -> None:
+    """Check the database and the definitions once, before any process starts: a wrong URL, a
+    database not migrated or a changed definition is one clear line and exit 1. A database that
+    is only busy or restarting is not: the workers wait for it themselves."""
+    from ..broker.sql import SqlBroker
+    from ..errors import DatabaseBusy, FuselineError
+
+    try:
+        broker = SqlBroker.for_url(settings(ctx).url, lease_seconds=lease_seconds)
+        try:
+            broker.register_workflows([wf.to_schema() for wf in loaded])
+        finally:
+            broker.close()
+    except DatabaseBusy as exc:
+        logger.warning("cannot check the database yet (%s); the workers will wait for it", first_line(exc))
+    except FuselineError as exc:
+        fail(first_line(exc))
 
 
 def configure_logging(level: str) -> None:
@@ -137,23 +156,15 @@ def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | Non
 
     Returns the exit code: 0 after a graceful stop, 130 after an immediate one.
     """
-    from ..broker.sql import SqlBroker
-    from ..broker.sql.engine import parse_url
-    from ..clients import LocalBrokerClient
-    from ..engines.process import ProcessEngine
     from ..errors import FuselineError
 
     if workflows is None:
         workflows = [load_workflow(spec) for spec in options.specs]
     configure_logging(options.log_level)
     try:
-        migrate = parse_url(options.url).get_backend_name() == "sqlite"
-        broker = SqlBroker(
-            options.url, lease_seconds=options.lease_seconds, migrate=migrate, listen=options.listen
-        )
-        engine = ProcessEngine(LocalBrokerClient(broker), workflows, prefetch=options.prefetch)
+        broker, engine = start_worker_when_connections_free(options, workflows)
     except FuselineError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", first_line(exc))
         return 1
     keys = [(wf.workflow_id, wf.version) for wf in workflows]
     signals = 0
@@ -181,7 +192,7 @@ def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | Non
         logger.warning("stopping at once: the step in hand goes back to the queue")
         code = 130
     except FuselineError as exc:
-        logger.error("worker %s stopped: %s", engine.worker_id, exc)
+        logger.error("worker %s stopped: %s", engine.worker_id, first_line(exc))
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -193,6 +204,45 @@ def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | Non
         broker.close()
     logger.info("worker %s stopped after %d steps", engine.worker_id, engine.steps_run)
     return code
+
+
+def start_worker_when_connections_free(
+    options: WorkerOptions, workflows: list[Workflow]
+) -> tuple[SqlBroker, Worker]:
+    """:func:`start_worker`, waiting (growing, jittered pauses) while the server is full or starting
+    up. Any other error, an unreachable server included, is an answer: the worker exits 1."""
+    from ..errors import DatabaseBusy
+
+    failures = 0
+    while True:
+        try:
+            return start_worker(options, workflows)
+        except DatabaseBusy as exc:
+            delay = reconnect_delay(failures)
+            failures += 1
+            logger.warning("database busy (%s); trying again in %.3fs", first_line(exc), delay)
+            time.sleep(delay)
+
+
+def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[SqlBroker, Worker]:
+    """Open the broker and register the worker; DatabaseUnavailable (a busy or restarting
+    database, ``max_connections`` reached) leaves nothing open behind, so the caller retries."""
+    from ..broker.sql import SqlBroker
+    from ..clients import LocalBrokerClient
+    from ..engines.worker import Worker
+
+    broker = SqlBroker.for_url(options.url, lease_seconds=options.lease_seconds, listen=options.listen)
+    try:
+        return broker, Worker(LocalBrokerClient(broker), workflows, prefetch=options.prefetch)
+    except BaseException:
+        broker.close()
+        raise
+
+
+def first_line(error: BaseException) -> str:
+    """An error as one log line (database errors can carry the statement on further lines)."""
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _child(options: WorkerOptions) -> None:

@@ -1,7 +1,8 @@
-"""Engines: what runs steps. ``ProcessEngine`` is a worker on a broker;
-``PoolEngine`` runs a whole workflow in this process."""
+"""Engines: what runs steps. ``Worker`` (also known as ``ProcessEngine``) is the loop of a
+worker on a broker; ``PoolEngine`` runs a whole workflow in this process."""
 
 from .pool import PoolEngine
 from .process import ProcessEngine
+from .worker import Worker
 
-__all__ = ["PoolEngine", "ProcessEngine"]
+__all__ = ["PoolEngine", "ProcessEngine", "Worker"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..broker.base import StepAssignment, StepReport
 from ..states import Status
 from ..workflow.execution import describe_error
+from ..workflow.lifecycle import StepLifecycle
 from ..workflow.workflow import Workflow
 
 
@@ -20,11 +21,19 @@ class Execution:
     seconds: float
 
 
-def run_assignment(workflow: Workflow, assignment: StepAssignment) -> Execution:
+def run_assignment(
+    workflow: Workflow, assignment: StepAssignment, lifecycle: StepLifecycle | None = None
+) -> Execution:
     """Run the assigned step of ``workflow`` and build its report.
 
-    A step that raises is reported FAILED with its error text; the exception
-    is returned, not raised, so the worker lives on.
+    ``lifecycle`` is the scope of ``before_all`` / ``after_all`` the engine
+    keeps (one per in-process run, one per worker); without one the
+    workflow's own is used, which ``workflow.close()`` ends.
+
+    A step that raises an ``Exception`` is reported FAILED with its error
+    text; the exception is returned, not raised, so the worker lives on. A
+    ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) propagates: the
+    engine must stop, not report.
     """
     started = time.perf_counter()
     step = workflow.steps_by_name[assignment.step_name]
@@ -37,7 +46,7 @@ def run_assignment(workflow: Workflow, assignment: StepAssignment) -> Execution:
     inputs = payload.get("workflow_inputs") or {}
     error: Exception | None = None
     try:
-        outcome = workflow._run(step, shared, inputs)
+        outcome = workflow.execute_step(step, shared, inputs, lifecycle=lifecycle)
     except Exception as exc:
         error = exc
         state, result, text = Status.FAILED, None, describe_error(exc)

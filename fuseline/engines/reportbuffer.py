@@ -22,7 +22,7 @@ class ReportBuffer:
     from the flusher thread fails, the reports go back to the front of the
     buffer, the thread stops, and the worker's next flush sends them (and
     raises, if it fails again). ``close()`` stops the thread; call
-    ``flush()`` before it.
+    ``flush()`` (or ``take()`` and send what it returns) before it.
     """
 
     def __init__(self, send: Callable[[list[StepReport]], None], max_wait: float) -> None:
@@ -44,6 +44,18 @@ class ReportBuffer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fuseline-reports", daemon=True)
                 self._thread.start()
+
+    def take(self) -> list[StepReport]:
+        """Remove and return the buffered reports, for the worker to send with its next claim.
+
+        Waits for a send in progress, so reports leave in the order they came.
+        Call it from the thread that adds reports.
+        """
+        if self._thread is None and not self._reports:
+            return []  # nothing was ever buffered: no lock to take (the no-prefetch hot path)
+        with self._sending, self._changed:
+            reports, self._reports, self._first_at = self._reports, [], None
+            return reports
 
     def flush(self) -> None:
         """Send what is buffered now (errors propagate: the worker decides)."""

@@ -1,6 +1,15 @@
-"""Authoring workflows: steps, dependencies, the workflow and its schema (no I/O here)."""
+"""Authoring workflows: steps, dependencies, policies, the workflow and its schema (no I/O here).
+
+Running a whole workflow needs a :class:`Runner`; :mod:`fuseline.engines`
+registers ``PoolEngine`` as the default when imported (``import fuseline``
+does that). This package imports no engine and no broker.
+"""
 
 from .dependencies import Computed, Condition, Dependency, Depends
+from .execution import Outcome
+from .lifecycle import StepLifecycle
+from .policies import Policy, RetryPolicy, StepPolicy, StepTimeoutPolicy, WorkflowPolicy, policy_from_config
+from .runner import NoRunner, Runner, WorkflowRun, default_runner, set_default_runner
 from .schema import WorkflowSchema
 from .step import AsyncStep, FunctionStep, Step
 from .workflow import Workflow, workflow_from_functions
@@ -12,8 +21,21 @@ __all__ = [
     "Dependency",
     "Depends",
     "FunctionStep",
+    "NoRunner",
+    "Outcome",
+    "Policy",
+    "RetryPolicy",
+    "Runner",
     "Step",
+    "StepLifecycle",
+    "StepPolicy",
+    "StepTimeoutPolicy",
     "Workflow",
+    "WorkflowPolicy",
+    "WorkflowRun",
     "WorkflowSchema",
+    "default_runner",
+    "policy_from_config",
+    "set_default_runner",
     "workflow_from_functions",
 ]

@@ -91,17 +91,9 @@ class Dependency:
 
     def resolve(self) -> tuple[Step, ...]:
         """The target steps, with functions wrapped in their shared FunctionStep."""
-        from .step import FunctionStep, Step
+        from .step import as_steps  # step.py imports this module
 
-        steps: list[Step] = []
-        for target in self.targets:
-            if isinstance(target, Step):
-                steps.append(target)
-            elif callable(target):
-                steps.append(FunctionStep.for_function(target))
-            else:
-                raise TypeError(f"Depends() needs a Step or a function, got {type(target).__name__}")
-        return tuple(steps)
+        return as_steps(self.targets, "Depends()")
 
 
 def Depends(  # noqa: N802 - reads like a type in signatures, as in FastAPI

@@ -1,22 +1,25 @@
-"""Running one step: binding its arguments, applying policies, the lifecycle hooks.
+"""Executing one step once: binding its arguments, applying step policies, its hooks.
 
 This is the single place where step code is called, so ``Workflow.run``,
-``ProcessEngine`` and hand-written workers behave the same.
+``ProcessEngine`` and hand-written workers behave the same. It writes no
+state anywhere: the caller decides where a step's outcome is kept.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MissingInput
-from ..policies import StepPolicy
+from .coroutines import maybe_await, run_coroutine
 from .step import SETUP_PARAMETER, Step
+
+if TYPE_CHECKING:
+    from .lifecycle import StepLifecycle
+    from .policies import StepPolicy
 
 #: How many innermost traceback frames a failed step's error keeps.
 ERROR_TRACEBACK_FRAMES = 5
@@ -24,24 +27,21 @@ ERROR_TRACEBACK_FRAMES = 5
 
 @dataclass(frozen=True)
 class Outcome:
-    """What running a step produced: its result, or that a condition skipped it."""
+    """What executing a step produced: its result, or that a condition skipped it."""
 
     result: Any
     skipped: bool = False
 
 
-def step_label(step: Step) -> str:
-    return step.name or step.default_name
-
-
 def bind_arguments(
-    step: Step, shared: Mapping[Step, Any], inputs: Mapping[str, Any]
+    step: Step, shared: Mapping[Step, Any], inputs: Mapping[str, Any], name: str | None = None
 ) -> dict[str, Any] | None:
     """The keyword arguments of ``run_step``, or None when a condition skips the step.
 
     A dependency on a step that was skipped (absent from ``shared``) is None.
     For an OR group, the broker passes only the member that satisfied it; in
-    any other setting the first member present wins.
+    any other setting the first member present wins. ``name`` is the step's
+    name in its workflow, for the :class:`~fuseline.errors.MissingInput` message.
     """
     kwargs: dict[str, Any] = {}
     for param in step.parameters:
@@ -57,25 +57,31 @@ def bind_arguments(
         elif param.name in inputs:
             kwargs[param.name] = inputs[param.name]
         elif not param.has_default:
-            raise MissingInput(step_label(step), param.name)
+            raise MissingInput(name or step.label, param.name)
     return kwargs
 
 
-def run_step(
+def invoke_step(
     step: Step,
     shared: Mapping[Step, Any],
     inputs: Mapping[str, Any],
     policies: Sequence[StepPolicy],
-    before_first_run: Callable[[Step, dict[Step, Any]], None],
+    lifecycle: StepLifecycle,
+    name: str | None = None,
 ) -> Outcome:
-    """Run ``step`` once: conditions, ``before_all`` (via the callback), setup, policies, teardown."""
-    kwargs = bind_arguments(step, shared, inputs)
+    """Execute ``step`` once and return its :class:`Outcome`, or raise what the step raised.
+
+    In order: its conditions (a false one skips it), ``before_all`` (once
+    per ``lifecycle``), ``setup``, ``run_step`` wrapped in ``policies``
+    (first = outermost), ``teardown``.
+    """
+    kwargs = bind_arguments(step, shared, inputs, name)
     if kwargs is None:
         return Outcome(None, skipped=True)
     shared_dict = dict(shared)
-    before_first_run(step, shared_dict)
+    lifecycle.prepare(step, shared_dict)
     if step.is_async:
-        return Outcome(run_coroutine(_run_async(step, shared_dict, kwargs, policies)))
+        return Outcome(run_coroutine(_invoke_async(step, shared_dict, kwargs, policies)))
     setup_res = step.setup(shared_dict)
     if any(p.name == SETUP_PARAMETER for p in step.parameters):
         kwargs[SETUP_PARAMETER] = setup_res
@@ -89,10 +95,10 @@ def run_step(
     return Outcome(step.teardown(shared_dict, setup_res, result))
 
 
-async def _run_async(
+async def _invoke_async(
     step: Step, shared: dict[Step, Any], kwargs: dict[str, Any], policies: Sequence[StepPolicy]
 ) -> Any:
-    setup_res = await _maybe_await(step.setup(shared))
+    setup_res = await maybe_await(step.setup(shared))
     if any(p.name == SETUP_PARAMETER for p in step.parameters):
         kwargs[SETUP_PARAMETER] = setup_res
 
@@ -102,39 +108,7 @@ async def _run_async(
     for policy in reversed(policies):
         call = functools.partial(policy.execute_async, step, call)
     result = await call()
-    return await _maybe_await(step.teardown(shared, setup_res, result))
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value):
-        return await value
-    return value
-
-
-def run_coroutine(coro: Any) -> Any:
-    """Run a coroutine to completion from sync code, even inside a running loop.
-
-    A running loop in this thread cannot be re-entered, so the coroutine then
-    gets a fresh loop in a helper thread.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, name="fuseline-async-step")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return await maybe_await(step.teardown(shared, setup_res, result))
 
 
 def describe_error(exc: BaseException) -> str:

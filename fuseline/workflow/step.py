@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,7 +16,7 @@ from ..states import Status
 from .dependencies import Dependency
 
 if TYPE_CHECKING:
-    from ..policies import Policy
+    from .policies import Policy
 
 #: A run_step parameter with this name receives what ``setup`` returned.
 SETUP_PARAMETER = "setup_res"
@@ -69,16 +72,33 @@ class Step:
     the workflow inputs, or from other steps' results when their default is
     ``Depends(other)``. The lifecycle around it:
 
-    - ``before_all(shared)``: once, before this step first runs in a process.
+    - ``before_all(shared)``: once per scope, before this step first runs in
+      it: once per ``Workflow.run``, once per worker (``ProcessEngine``), and
+      once for ``Workflow._execute_step`` calls until ``Workflow.close()``.
     - ``setup(shared)``: before each run; a ``setup_res`` parameter of
       ``run_step`` receives what it returns.
     - ``run_step(...)``: the work; its return value is the step's result and
       must be JSON when the step runs on a broker.
     - ``teardown(shared, setup_res, result)``: after a successful run; what it
       returns becomes the result.
-    - ``after_all(shared)``: once, when the workflow run ends or the worker stops.
+    - ``after_all(shared)``: once at the end of that scope (the run ends, the
+      worker closes), for each step whose ``before_all`` ran; ``shared`` is empty.
+
+    Any of the four hooks may be ``async def``: it is awaited (``before_all``
+    and ``after_all`` in an event loop of their own, since they run outside
+    any one step execution).
 
     ``shared`` maps each predecessor Step to its result.
+
+    ``name`` is the name the user chose (``name=`` or a class attribute), or
+    None: a workflow then generates one (:attr:`label`, de-duplicated per
+    workflow, see ``Workflow.name_of``) without writing it here, since one
+    step may belong to several workflows.
+
+    ``state`` is set by ``Workflow._execute_step`` (the custom-worker
+    contract). Engines keep the states of a run in the run itself
+    (``Workflow.run_instance(...).steps``, ``broker.get_instance``), never
+    here, because one Step object is shared by every run of its workflows.
     """
 
     #: How many times the broker hands this step to a worker before it gives
@@ -95,11 +115,6 @@ class Step:
     ) -> None:
         if name is not None:
             self.name = name
-        #: The name the user chose (``name=`` or a class attribute), None when the
-        #: workflow generates one. Generated names are per workflow: a workflow
-        #: also writes its generated name to ``name`` (for messages) when unset,
-        #: but never mistakes it for a chosen one.
-        self.explicit_name: str | None = self.name
         if max_attempts is not None:
             if max_attempts < 1:
                 raise ValueError("max_attempts must be at least 1")
@@ -116,7 +131,7 @@ class Step:
 
     # -- what the subclass provides -------------------------------------------------
     def before_all(self, shared: dict[Step, Any]) -> None:
-        """Called once before this step first runs in this process."""
+        """Called once before this step first runs in a run or worker (awaited if async)."""
 
     def setup(self, shared: dict[Step, Any]) -> Any:
         """Called before each run; the return value is passed as ``setup_res``."""
@@ -130,7 +145,7 @@ class Step:
         return result
 
     def after_all(self, shared: dict[Step, Any]) -> None:
-        """Called once when the workflow run ends or the worker stops."""
+        """Called once when the workflow run ends or the worker stops (awaited if async)."""
 
     # -- introspection ----------------------------------------------------------------
     @property
@@ -145,6 +160,15 @@ class Step:
     def default_name(self) -> str:
         """The readable name used when none is given: the class name in snake_case."""
         return snake_case(type(self).__name__)
+
+    @property
+    def label(self) -> str:
+        """The step's own name: the chosen ``name``, else :attr:`default_name`.
+
+        A workflow may de-duplicate it (``add_2``); ``Workflow.name_of(step)``
+        is the name within one workflow.
+        """
+        return self.name or self.default_name
 
     @property
     def type_name(self) -> str:
@@ -174,13 +198,13 @@ class Step:
 
     def __rshift__(self, other: Any) -> Any:
         """``a >> b``: b runs after a. ``a >> [b, c]`` fans out."""
-        for target in _as_steps(other):
+        for target in as_steps(other, "a >> edge"):
             target._add_inbound(self, None)
         return other
 
     def __rrshift__(self, other: Any) -> Step:
         """``[a, b] >> c``: c runs after a and b (an AND join)."""
-        for source in _as_steps(other):
+        for source in as_steps(other, "a >> edge"):
             self._add_inbound(source, None)
         return self
 
@@ -191,8 +215,7 @@ class Step:
         return _ActionEdge(self, action)
 
     def __repr__(self) -> str:
-        label = f" {self.name!r}" if self.name else ""
-        return f"<{type(self).__name__}{label}>"
+        return f"<{type(self).__name__} {self.label!r}>"
 
 
 class _ActionEdge:
@@ -203,27 +226,65 @@ class _ActionEdge:
         self.action = action
 
     def __rshift__(self, other: Any) -> Any:
-        for target in _as_steps(other):
+        for target in as_steps(other, "a branch edge"):
             target._add_inbound(self.source, self.action)
         return other
 
 
-def _as_steps(value: Any) -> Iterable[Step]:
+def as_steps(value: Any, context: str) -> tuple[Step, ...]:
+    """The Steps that ``value`` names: a Step, a function, or a list/tuple of them.
+
+    The one place where targets are resolved, for ``>>`` edges and for
+    ``Depends(...)``: a function becomes its shared :class:`FunctionStep`,
+    so every mention of it means the same step. ``context`` names what is
+    being built, for the error message.
+    """
     items = value if isinstance(value, (list, tuple)) else [value]
+    steps: list[Step] = []
     for item in items:
         if isinstance(item, Step):
-            yield item
+            steps.append(item)
         elif callable(item):
-            yield FunctionStep.for_function(item)
+            steps.append(FunctionStep.for_function(item))
         else:
-            raise TypeError(f"cannot connect a step to {type(item).__name__}")
+            raise TypeError(
+                f"cannot connect a step to {type(item).__name__}: {context} needs a Step or a function"
+            )
+    return tuple(steps)
+
+
+#: The step being executed in this context and its name in the workflow running it.
+_RUNNING_AS: ContextVar[tuple[Step, str] | None] = ContextVar("fuseline_running_as", default=None)
+
+
+@contextmanager
+def running_as(step: Step, name: str) -> Iterator[None]:
+    """While executing ``step``, its messages use ``name``, its name in the running workflow."""
+    token = _RUNNING_AS.set((step, name))
+    try:
+        yield
+    finally:
+        _RUNNING_AS.reset(token)
+
+
+def current_name(step: Step) -> str:
+    """``step``'s name in the workflow executing it in this context, else its :attr:`Step.label`.
+
+    Policies receive only the step, not the workflow; this lets their
+    messages name the step as the workflow does (``add_2``, not ``add``).
+    """
+    running = _RUNNING_AS.get()
+    if running is not None and running[0] is step:
+        return running[1]
+    return step.label
 
 
 class AsyncStep(Step):
     """A step whose ``run_step`` is ``async def``.
 
-    ``setup`` and ``teardown`` may be plain or async. The step runs in its own
-    event loop on the worker, so it may await I/O freely.
+    ``setup``, ``teardown``, ``before_all`` and ``after_all`` may be plain or
+    async; async ones are awaited. The step runs in its own event loop on the
+    worker, so it may await I/O freely.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -232,7 +293,15 @@ class AsyncStep(Step):
             raise TypeError(f"{cls.__name__}.run_step must be 'async def' in an AsyncStep")
 
 
-_FUNCTION_STEPS: weakref.WeakKeyDictionary[Callable[..., Any], FunctionStep] = weakref.WeakKeyDictionary()
+#: function -> a weak reference to its FunctionStep. Both sides are weak: the step
+#: holds its function, so a strong value would keep its own key alive forever (every
+#: lambda and closure ever used as a step). The step lives as long as something
+#: (a workflow, a depending step, the caller) holds it.
+_FUNCTION_STEPS: weakref.WeakKeyDictionary[Callable[..., Any], weakref.ref[FunctionStep]] = (
+    weakref.WeakKeyDictionary()
+)
+#: Re-entrant: building a FunctionStep resolves its own ``Depends(other_function)``.
+_FUNCTION_STEPS_LOCK = threading.RLock()
 
 
 class FunctionStep(Step):
@@ -257,12 +326,19 @@ class FunctionStep(Step):
 
     @classmethod
     def for_function(cls, fn: Callable[..., Any]) -> FunctionStep:
-        """The one FunctionStep of ``fn``, so every ``Depends(fn)`` means the same step."""
-        step = _FUNCTION_STEPS.get(fn)
-        if step is None:
-            step = cls(fn)
-            _FUNCTION_STEPS[fn] = step
-        return step
+        """The one FunctionStep of ``fn``, so every ``Depends(fn)`` means the same step.
+
+        It is the same object for as long as anything holds it; once nothing
+        does, ``fn`` and its step can be freed (nothing could tell a new
+        step from the old one).
+        """
+        with _FUNCTION_STEPS_LOCK:
+            ref = _FUNCTION_STEPS.get(fn)
+            step = ref() if ref is not None else None
+            if step is None:
+                step = cls(fn)
+                _FUNCTION_STEPS[fn] = weakref.ref(step)
+            return step
 
     @property
     def kind(self) -> str:

@@ -8,7 +8,7 @@ Every claim and report appends events, and the foreign key made each of
 those rows look its instance up and lock it (KEY SHARE): about a fifth of
 the database time of a batched drain. Events are only ever written by
 fuseline, together with the instance change they describe, so the check
-guarded nothing; removing instances (retention) deletes their events itself.
+guarded nothing. Whatever deletes instances must delete their events with them.
 """
 
 from __future__ import annotations

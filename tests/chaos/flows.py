@@ -265,3 +265,22 @@ def _join_diamond(kind: str) -> Workflow:
 
 join_and = _join_diamond("and")
 join_or = _join_diamond("or")
+
+
+# -- quiet chain: two steps that touch no database of their own (connection-count tests) ---------
+
+
+class First(Step):
+    def run_step(self, n: int) -> int:
+        return n
+
+
+first = First()
+
+
+class Then(Step):
+    def run_step(self, value: Computed[int] = Depends(first)) -> int:
+        return value + 1
+
+
+quiet = Workflow(Then(), workflow_id="chaos-quiet", version="1")

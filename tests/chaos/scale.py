@@ -2,7 +2,7 @@
 
 ``make test`` runs them scaled down (the whole folder in a few minutes on a
 2-core box); ``make chaos`` sets ``FUSELINE_CHAOS_SCALE=full`` for the sizes
-of the reliability matrix (/work/shared/RELIABILITY.md). Every test prints
+of the reliability matrix in the README. Every test prints
 its numbers (shown with ``-s``) and, when ``FUSELINE_CHAOS_REPORT`` names a
 file, adds them to a JSON summary there.
 """

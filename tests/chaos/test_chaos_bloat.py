@@ -31,8 +31,7 @@ import sqlalchemy as sa
 
 from fuseline import Status, StepReport
 from fuseline.broker.base import StepAssignment
-from fuseline.broker.sql import SqlBroker
-from fuseline.broker.sql.hotpath import STEP_CLAIM_ONE_WORKFLOW
+from fuseline.broker.sql import SqlBroker, pg_statements
 from tests.chaos import flows
 from tests.chaos.conftest import ChaosDatabase, _test_engine, migrated_postgres
 from tests.chaos.history import assert_invariants
@@ -190,9 +189,12 @@ def explain_claim(engine: sa.Engine) -> str:
         "p_workflow_id": schema.workflow_id,
         "p_version": schema.version,
         "p_floor": None,  # a full scan: the plan that must use the index even from the oldest entry
+        "p_dead_after": 120.0,
+        "p_seen_every": 20.0,
     }
     with engine.connect() as conn:
-        return "\n".join(conn.exec_driver_sql("EXPLAIN " + STEP_CLAIM_ONE_WORKFLOW, params).scalars())
+        plan = conn.exec_driver_sql("EXPLAIN " + pg_statements.step_claim_one_workflow, params)
+        return "\n".join(plan.scalars())
 
 
 @pytest.mark.timeout(2 * PHASE_LIMIT_SECONDS + 120)

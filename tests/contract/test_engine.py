@@ -1,14 +1,19 @@
-"""ProcessEngine workers on each broker: the worker guide's scenarios, end to end."""
+"""Workers (``Worker``, first named ``ProcessEngine``) on each broker: the worker guide's scenarios,
+end to end."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from fuseline import Status, StepAssignment, StepReport
+import pytest
+
+from fuseline import Status, StepAssignment, StepReport, Workflow
 from fuseline.clients import LocalBrokerClient
-from fuseline.engines import ProcessEngine
+from fuseline.engines import Worker
+from fuseline.workflow import WorkflowSchema
 
 from . import workflows as wf
 from .support import InjectingClient, register, states, trail
@@ -90,7 +95,7 @@ def test_an_exhausted_retry_policy_fails_the_step_and_cancels_its_successors(bro
     assert wf.CALLS["after_failure"] == 0
 
 
-def test_the_engine_ignores_an_assignment_it_does_not_know_and_carries_on(broker):
+def test_the_worker_skips_assignments_it_does_not_know_and_carries_on(broker):
     instance_id = wf.SINGLE.dispatch(broker, {"x": 2})
     now = datetime.now(timezone.utc)
     unknown = [
@@ -98,7 +103,7 @@ def test_the_engine_ignores_an_assignment_it_does_not_know_and_carries_on(broker
         StepAssignment("no-such-workflow", instance_id, "double", {}, now, now, 1, "1"),
     ]
     client = InjectingClient(LocalBrokerClient(broker), unknown)
-    engine = ProcessEngine(client, [wf.SINGLE])
+    engine = Worker(client, [wf.SINGLE])
     try:
         ran = engine.work()
     finally:
@@ -108,6 +113,39 @@ def test_the_engine_ignores_an_assignment_it_does_not_know_and_carries_on(broker
     assert [a.step_name for a in client.handed_out] == ["no_such_step", "double", "double"]
     info = broker.get_instance(instance_id)
     assert (info.status, info.result) == (Status.SUCCEEDED, 4)
+
+
+class RegistersMore(LocalBrokerClient):
+    """A real client that registers workflows besides the worker's own: the broker then hands
+    the worker steps its code does not know (a stale deployment, a hand-made registration)."""
+
+    def __init__(self, broker, *extra: Workflow) -> None:
+        super().__init__(broker)
+        self.extra = [flow.to_schema() for flow in extra]
+
+    def register_worker(self, schemas: Sequence[WorkflowSchema]) -> str:
+        return super().register_worker([*schemas, *self.extra])
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_a_step_the_worker_does_not_know_is_given_back_at_once(broker, make_engine, prefetch):
+    """Not run, not reported, and not held either: heartbeats would renew it forever."""
+    unknown = wf.SEQUENCE.dispatch(broker, {"x": 1})
+    known = wf.SINGLE.dispatch(broker, {"x": 2})
+    worker = Worker(RegistersMore(broker, wf.SEQUENCE), [wf.SINGLE], prefetch=prefetch)
+    try:
+        assert worker.work() == 1
+        assert broker.keep_alive(worker.worker_id) == []
+    finally:
+        worker.close()
+
+    assert broker.get_instance(known).result == 4
+    given_back = broker.get_instance(unknown).step("first")
+    assert (given_back.state, given_back.worker_id) == (Status.QUEUED, None)
+    assert ("released", "first") in trail(broker, unknown)
+    assert wf.CALLS["first"] == 0
+    assert make_engine(broker, wf.SEQUENCE).work() == 2
+    assert broker.get_instance(unknown).result == 20
 
 
 def test_work_on_an_empty_queue_returns_zero(broker, make_engine):
@@ -180,10 +218,10 @@ def test_blocking_workers_run_until_stopped(broker, make_engine):
 
 def test_another_worker_resumes_an_instance_after_the_first_one_stops(broker):
     instance_id = wf.SEQUENCE.dispatch(broker, {"x": 1})
-    first = ProcessEngine(LocalBrokerClient(broker), [wf.SEQUENCE])
+    first = Worker(LocalBrokerClient(broker), [wf.SEQUENCE])
     assert first.work(max_steps=1) == 1
     first.close()
-    second = ProcessEngine(LocalBrokerClient(broker), [wf.SEQUENCE])
+    second = Worker(LocalBrokerClient(broker), [wf.SEQUENCE])
     try:
         assert second.work() == 1
     finally:
@@ -288,6 +326,7 @@ def test_the_engine_heartbeats_keep_a_long_step_leased(make_broker, make_engine)
 
     stolen: list[StepAssignment] = []
     while worker.is_alive():  # a rival keeps asking while the step runs for over two leases
+        broker.keep_alive(rival)  # (a worker that stops beating is listed dead)
         assignment = broker.get_step(rival)
         if assignment is not None:
             stolen.append(assignment)

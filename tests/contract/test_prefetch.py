@@ -205,8 +205,9 @@ def test_released_steps_are_queued_at_once_and_another_worker_runs_them(broker):
 
     broker.release_steps(releasing, given_back)
 
-    for instance_id in ids[1:]:
-        assert step_of(broker, instance_id, "double") == (Status.QUEUED, 1, None)
+    for instance_id in ids[1:]:  # given back unstarted: not an execution
+        assert step_of(broker, instance_id, "double") == (Status.QUEUED, 0, None)
+        assert broker.get_instance(instance_id).step("double").max_attempts == 3
         assert ("released", "double") in trail(broker, instance_id)
     retaken = broker.get_steps(other, 5)
     assert sorted(held(retaken)) == sorted((i, "double", 2) for i in ids[1:])
@@ -233,10 +234,12 @@ def test_a_released_step_keeps_its_full_attempt_budget(make_broker):
         time.sleep(PAST_LEASE)
     (last,) = broker.get_steps(worker, 2)
 
-    assert [*attempts, last.attempt] == [2, 3, 4]
+    assert [*attempts, last.attempt] == [2, 3, 4]  # claims (the fencing token) only grow
     assert broker.report_steps(worker, [ok(last, 8)]) == [None]
     info = broker.get_instance(instance_id)
-    assert (info.status, info.result, info.step("double").attempt) == (Status.SUCCEEDED, 8, 4)
+    # three executions of the three allowed: the release was not one (it used to show 4/4)
+    assert (info.status, info.result, info.step("double").attempt) == (Status.SUCCEEDED, 8, 3)
+    assert info.step("double").max_attempts == 3
 
 
 def test_releasing_a_step_no_longer_held_changes_nothing(make_broker):
@@ -352,8 +355,8 @@ def test_stop_during_a_step_reports_it_and_gives_back_the_steps_not_started(brok
 
     assert [broker.get_instance(i).result for i in ids[:2]] == [0, 2]
     assert all(broker.get_instance(i).status is Status.SUCCEEDED for i in ids[:2])
-    for instance_id in ids[2:4]:  # prefetched, not started: given back
-        assert step_of(broker, instance_id, "stopper") == (Status.QUEUED, 1, None)
+    for instance_id in ids[2:4]:  # prefetched, not started: given back, no execution counted
+        assert step_of(broker, instance_id, "stopper") == (Status.QUEUED, 0, None)
         assert ("released", "stopper") in trail(broker, instance_id)
     for instance_id in ids[4:]:  # never claimed
         assert broker.get_instance(instance_id).step("stopper").state is Status.QUEUED
@@ -363,7 +366,8 @@ def test_stop_during_a_step_reports_it_and_gives_back_the_steps_not_started(brok
     for x, instance_id in enumerate(ids):
         info = broker.get_instance(instance_id)
         assert (info.status, info.result) == (Status.SUCCEEDED, 2 * x)
-    assert [broker.get_instance(i).step("stopper").attempt for i in ids] == [1, 1, 2, 2, 1, 1]
+    # each ran once: the claims given back are not executions
+    assert [broker.get_instance(i).step("stopper").attempt for i in ids] == [1] * 6
     assert wf.CALLS.snapshot() == {("stopper", x): 1 for x in range(6)}
 
 

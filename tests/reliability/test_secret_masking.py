@@ -139,7 +139,6 @@ def test_the_broker_hides_the_password_everywhere(
         assert _clean(repr(broker), broker.url, repr(broker.engine), str(broker.engine.url))
         assert "***" in repr(broker) and "***" in broker.url
         assert broker.engine.hide_parameters
-        assert broker._claims_engine is not None and broker._claims_engine.hide_parameters
         assert not broker.engine.echo
         schema = flows.diamond.to_schema()
         worker = broker.register_worker([schema])

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.queries import claims
 from tests.sql.workflows import diamond
 
 FINISHED_STEPS = 20_000
@@ -65,7 +66,8 @@ def test_claim_uses_the_partial_queued_index_with_many_finished_steps(
         assert "Seq Scan on fuseline_steps" not in candidate, candidate
 
         # the statement the broker runs, as SQLAlchemy compiles it for psycopg
-        compiled = broker.q.step_claim_one_workflow.compile(dialect=broker.engine.dialect)
+        claim_statement = claims.for_dialect("postgresql").step_claim_one_workflow
+        compiled = claim_statement.compile(dialect=broker.engine.dialect)
         params = compiled.construct_params(
             {
                 "p_workflow_id": schema.workflow_id,

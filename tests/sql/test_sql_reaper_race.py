@@ -20,9 +20,13 @@ from sqlalchemy.engine import URL
 from fuseline import Status, StepReport
 from fuseline.broker.base import StepAssignment
 from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.queries import events, leases
 from fuseline.errors import LeaseLost
 from tests.sql.leases import expire_leases, step_row
 from tests.sql.workflows import diamond
+
+LEASES = leases.for_dialect("postgresql")
+EVENTS = events.for_dialect("postgresql")
 
 WAIT_SECONDS = 10.0
 
@@ -117,7 +121,7 @@ def test_reaper_that_selected_before_a_report_committed_leaves_the_step_succeede
             assert ids, "the reaper found no expired step"
             selected.set()
             assert reported.wait(WAIT_SECONDS)
-            return conn.execute(broker.q.steps_requeue_expired, {"p_ids": ids}).rowcount
+            return conn.execute(LEASES.steps_requeue_expired, {"p_ids": ids}).rowcount
 
     reaping = Background(reaper)
     assert selected.wait(WAIT_SECONDS)
@@ -142,17 +146,17 @@ def test_report_waiting_on_a_reaper_that_requeued_the_step_is_rejected(
     expire_leases(broker.engine)
     with broker.engine.connect() as observer, broker.engine.connect() as reaper:
         with reaper.begin():
-            expired = reaper.execute(broker.q.steps_expired_requeueable, {"p_limit": 100}).all()
+            expired = reaper.execute(LEASES.steps_expired_requeueable, {"p_limit": 100}).all()
             assert [r.name for r in expired] == ["a"]
 
             reporting = Background(lambda: broker.report_step(worker, succeeded(held, 7)))
             wait_until_blocked_on_a_lock(observer, "UPDATE fuseline_steps")
 
-            # what SqlBroker._reap_expired does next, in the same transaction
-            requeued = reaper.execute(broker.q.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
+            # what the broker's Reaper.reap does next, in the same transaction
+            requeued = reaper.execute(LEASES.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
             assert requeued.rowcount == 1
             reaper.execute(
-                broker.q.events_append,
+                EVENTS.events_append,
                 [
                     {
                         "instance_id": r.instance_id,
@@ -202,7 +206,7 @@ def test_report_does_not_deadlock_with_a_claim_that_locked_its_step(
                 sa.text("SET LOCAL lock_timeout = '5s'")
             )  # fail, not hang, if the event insert waits on the report
             claimer.execute(
-                broker.q.events_append,
+                EVENTS.events_append,
                 {
                     "instance_id": held.instance_id,
                     "kind": "claimed",

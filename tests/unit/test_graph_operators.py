@@ -232,10 +232,10 @@ def test_a_true_condition_runs_the_step_with_the_value() -> None:
 
 
 def test_a_false_condition_skips_the_step(run_on_broker) -> None:
-    workflow, guarded = make_conditional(1, lambda v: v > 3)
+    workflow, _ = make_conditional(1, lambda v: v > 3)
 
     assert workflow.run() is None
-    assert guarded.state == "SKIPPED"
+    assert workflow.run_instance().steps == {"source": "SUCCEEDED", "guarded": "SKIPPED"}
     info = run_on_broker(workflow)
     assert step_states(info) == {"source": "SUCCEEDED", "guarded": "SKIPPED"}
     assert info.status == "SUCCEEDED"
@@ -299,12 +299,12 @@ EVEN = Condition(lambda v: v % 2 == 0, "even")
 def test_combined_conditions_decide_whether_the_step_runs(
     condition: Condition, value: int, runs: bool
 ) -> None:
-    workflow, guarded = make_conditional(value, condition)
+    workflow, _ = make_conditional(value, condition)
 
-    result = workflow.run()
+    run = workflow.run_instance()
 
-    assert result == (f"ran with {value}" if runs else None)
-    assert guarded.state == ("SUCCEEDED" if runs else "SKIPPED")
+    assert run.result == (f"ran with {value}" if runs else None)
+    assert run.steps["guarded"] == ("SUCCEEDED" if runs else "SKIPPED")
 
 
 def test_combined_conditions_describe_themselves_in_the_schema() -> None:

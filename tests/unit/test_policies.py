@@ -17,9 +17,11 @@ from fuseline.policies import (
     RetryPolicy,
     StepPolicy,
     StepTimeoutPolicy,
+    TooManyAbandonedThreads,
     WorkflowPolicy,
     policy_from_config,
 )
+from fuseline.workflow.policies import MAX_ABANDONED_THREADS
 
 
 class Flaky(Step):
@@ -443,3 +445,53 @@ def test_execute_step_applies_step_and_workflow_retry_policies() -> None:
     assert workflow._execute_step(step, {}) == 3
     assert step.state is Status.SUCCEEDED
     assert len(step.calls) == 3
+
+
+# -- abandoned threads of timed-out sync steps ----------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_timed_sync_steps_are_refused_while_too_many_timed_out_threads_still_run() -> None:
+    """Regression: every timeout of a sync step abandoned one more thread, without limit."""
+    release = threading.Event()
+
+    class Hung(Step):
+        def run_step(self) -> str:
+            release.wait(30)
+            return "late"
+
+    step = Hung(policies=[StepTimeoutPolicy(0.01)])
+    workflow = Workflow(step)
+    refused: TooManyAbandonedThreads | None = None
+    try:
+        for _ in range(MAX_ABANDONED_THREADS + 1):
+            try:
+                workflow._execute_step(step, {}, {})
+            except TooManyAbandonedThreads as exc:
+                refused = exc
+                break
+            except StepTimeout:
+                continue
+        assert refused is not None, "a timed sync step started past the cap"
+        assert isinstance(refused, StepTimeout)
+        assert refused.running == MAX_ABANDONED_THREADS == refused.limit
+        message = str(refused)
+        assert f"{MAX_ABANDONED_THREADS} threads of sync steps that timed out are still running" in message
+        assert "'hung'" in message
+        # a refused call started no thread of its own
+        assert StepTimeoutPolicy.abandoned_threads() == MAX_ABANDONED_THREADS
+        assert step.state is Status.FAILED
+    finally:
+        release.set()
+
+    assert wait_until(lambda: StepTimeoutPolicy.abandoned_threads() == 0)
+    fast = Flaky(0, policies=[StepTimeoutPolicy(5)])
+    assert Workflow(fast).run() == 1

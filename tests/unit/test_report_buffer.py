@@ -80,3 +80,41 @@ def test_a_failure_in_the_flusher_leaves_the_reports_to_the_worker() -> None:
     buffer.flush()
     buffer.close()
     assert outbox.calls == [[1]]
+
+
+def test_take_hands_the_buffered_reports_over_and_leaves_nothing_to_send() -> None:
+    outbox = Outbox()
+    buffer = ReportBuffer(outbox.send, max_wait=60)
+    for n in range(3):
+        buffer.add(report(n))
+    assert [r.result for r in buffer.take()] == [0, 1, 2]
+    assert buffer.take() == []
+    buffer.flush()
+    buffer.close()
+    assert outbox.calls == []
+
+
+def test_take_waits_for_a_send_in_progress_so_reports_leave_in_order() -> None:
+    sending, may_finish = threading.Event(), threading.Event()
+    sent: list[list[int]] = []
+
+    def slow_send(reports: list[StepReport]) -> None:
+        sending.set()
+        assert may_finish.wait(5)
+        sent.append([r.result for r in reports])
+
+    buffer = ReportBuffer(slow_send, max_wait=0.01)
+    buffer.add(report(1))
+    assert sending.wait(5), "the flusher never sent"
+    buffer.add(report(2))
+    taken: list[list[StepReport]] = []
+    taker = threading.Thread(target=lambda: taken.append(buffer.take()))
+    taker.start()
+    taker.join(0.1)
+    assert taker.is_alive(), "take() did not wait for the send in progress"
+    may_finish.set()
+    taker.join(5)
+    buffer.close()
+    # report 2 went with the flusher's next send or to the taker: once either way, after report 1
+    handed_over = [r.result for batch in taken for r in batch]
+    assert [n for batch in sent for n in batch] + handed_over == [1, 2]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import warnings
 from typing import Any
 
 import pytest
@@ -209,3 +212,72 @@ def test_async_step_awaits_async_setup_and_teardown() -> None:
 
     assert Workflow(Download()).run({"url": "a.b"}) == "<A.B>"
     assert log == ["setup", ("run", "a.b", "session"), ("teardown", "session", "A.B")]
+
+
+class AsyncHooked(AsyncStep):
+    """``before_all`` and ``after_all`` are ``async def``: they must be awaited, not dropped."""
+
+    def __init__(self, log: list[Any], **kwargs: Any) -> None:
+        self.log = log
+        super().__init__(**kwargs)
+
+    async def before_all(self, shared: dict[Step, Any]) -> None:
+        await asyncio.sleep(0)
+        self.log.append("before_all")
+
+    async def run_step(self, x: int) -> int:
+        self.log.append(("run", x))
+        return x
+
+    async def after_all(self, shared: dict[Step, Any]) -> None:
+        await asyncio.sleep(0)
+        self.log.append("after_all")
+
+
+def test_async_before_all_and_after_all_are_awaited_in_workflow_run() -> None:
+    """Regression: async lifecycle hooks were called but never awaited (a RuntimeWarning only)."""
+    log: list[Any] = []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "coroutine ... was never awaited"
+        assert Workflow(AsyncHooked(log)).run({"x": 7}) == 7
+        gc.collect()
+
+    assert log == ["before_all", ("run", 7), "after_all"]
+
+
+def test_async_before_all_and_after_all_are_awaited_by_a_worker() -> None:
+    log: list[Any] = []
+    workflow = Workflow(AsyncHooked(log), workflow_id="async-hooks")
+    broker = MemoryBroker()
+    engine = ProcessEngine(LocalBrokerClient(broker), [workflow])
+    try:
+        for x in (1, 2):
+            workflow.dispatch(broker, {"x": x})
+        assert engine.work() == 2
+    finally:
+        engine.close()
+
+    assert log == ["before_all", ("run", 1), ("run", 2), "after_all"]
+
+
+def test_async_lifecycle_hooks_of_a_plain_step_are_awaited_by_execute_step() -> None:
+    log: list[Any] = []
+
+    class PlainWithAsyncHooks(Step):
+        async def before_all(self, shared: dict[Step, Any]) -> None:
+            log.append("before_all")
+
+        def run_step(self) -> str:
+            log.append("run")
+            return "ok"
+
+        async def after_all(self, shared: dict[Step, Any]) -> None:
+            log.append("after_all")
+
+    step = PlainWithAsyncHooks()
+    workflow = Workflow(step)
+    assert workflow._execute_step(step, {}, {}) == "ok"
+    workflow.close()
+
+    assert log == ["before_all", "run", "after_all"]

@@ -45,8 +45,9 @@ class ClaimFloors:
         self._floors: dict[tuple[str, str], datetime] = {}
         self._last_full_scan = float("-inf")
 
-    def floors(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
-        """The floors for the next claim; all None (a full scan) once per ``FULL_SCAN_SECONDS``."""
+    def for_next_claim(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
+        """The floors the next claim reads from: all None (a full scan) once per
+        ``FULL_SCAN_SECONDS``, which this call counts as done."""
         if self._due(FULL_SCAN_SECONDS):
             return [None] * len(keys)
         return [self._floors.get(key) for key in keys]
@@ -86,3 +87,19 @@ class ClaimFloors:
             current = self._floors.get(key)
             if available_at is not None and current is not None and available_at - FLOOR_SLACK < current:
                 self._floors[key] = available_at - FLOOR_SLACK
+
+
+class NoFloors(ClaimFloors):
+    """Claims that always read the whole queue (the general path: its claim takes no floor)."""
+
+    def for_next_claim(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
+        return [None] * len(keys)
+
+    def rescan_when_empty(self) -> bool:
+        return False
+
+    def follow(self, claimed: Sequence[tuple[str, str, datetime]]) -> None:
+        pass
+
+    def lower(self, requeued: Sequence[tuple[str, str, datetime | None]]) -> None:
+        pass

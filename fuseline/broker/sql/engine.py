@@ -125,13 +125,34 @@ def is_transient(error: BaseException, *, connection_invalidated: bool = False) 
     return name in ("OperationalError", "InterfaceError")
 
 
+#: What a server that is up but takes no connection now says: ``max_connections`` reached
+#: (53300; the connection attempt carries no SQLSTATE, only the message), or starting up (57P03).
+_BUSY_SQLSTATES = ("53300", "57P03")
+_BUSY_MESSAGES = (
+    "too many clients",
+    "remaining connection slots are reserved",
+    "database system is starting up",
+)
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether the server refused a connection only because it is full or starting (see DatabaseBusy)."""
+    if getattr(error, "sqlstate", None) in _BUSY_SQLSTATES:
+        return True
+    text = str(error)
+    return any(message in text for message in _BUSY_MESSAGES)
+
+
 def database_error(
     error: BaseException, where: str, url: str | URL | None, *, connection_invalidated: bool = False
-):
-    """The fuseline error for a driver error: DatabaseUnavailable if transient, else DatabaseError."""
-    from ...errors import DatabaseUnavailable
+) -> DatabaseError:
+    """The fuseline error for a driver error: DatabaseBusy or DatabaseUnavailable if transient,
+    else DatabaseError."""
+    from ...errors import DatabaseBusy, DatabaseUnavailable
 
     message = f"{where}: {scrub(str(error), url)}"
+    if is_busy(error):
+        return DatabaseBusy(message)
     if is_transient(error, connection_invalidated=connection_invalidated):
         return DatabaseUnavailable(message)
     return DatabaseError(message)
@@ -157,35 +178,6 @@ def create_database_engine(
         max_overflow=options.pop("max_overflow", 10),
         connect_args=connect_args,
         **options,
-    )
-
-
-def create_claim_engine(
-    engine: Engine, *, owned: bool, idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS
-) -> Engine:
-    """The engine claims run on: autocommit, and on PostgreSQL without waiting for the WAL flush.
-
-    A claim need not be durable: if the database crashes before flushing it,
-    the step is simply QUEUED again after recovery and the worker's report is
-    refused by the lease guard, so it is run again; nothing is lost or
-    accepted twice. Reports stay durable, and flushing a report flushes the
-    claims before it. The setting is per connection, so claims get a small
-    pool of their own (only for engines fuseline created from a URL: an
-    application's own engine keeps its settings and claims commit durably).
-    """
-    if engine.dialect.name != "postgresql" or not owned:
-        return engine.execution_options(isolation_level="AUTOCOMMIT")
-    return create_engine(
-        engine.url,
-        hide_parameters=True,
-        isolation_level="AUTOCOMMIT",
-        pool_size=1,
-        max_overflow=4,
-        connect_args={
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            "application_name": "fuseline-claims",
-            "options": "-c synchronous_commit=off " + _session_options(idle_in_transaction_seconds),
-        },
     )
 
 

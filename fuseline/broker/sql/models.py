@@ -95,7 +95,8 @@ class StepRow(Base):
 
     ``workflow_id``/``version`` repeat the instance's so the claim reads one
     table. ``attempt`` counts claims and only grows; a report must name the
-    holder (``worker_id``) and the attempt to be accepted.
+    holder (``worker_id``) and the attempt to be accepted. The step has run
+    ``attempt - released`` times, out of ``max_attempts``.
     """
 
     __tablename__ = "fuseline_steps"
@@ -140,6 +141,9 @@ class StepRow(Base):
     name: Mapped[str] = mapped_column(Name)
     state: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: Claims given back unstarted (a stopping worker, unused prefetch): each refunds its
+    #: attempt, so the step has run ``attempt - released`` times (migration 0004).
+    released: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer)
     result: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,139 @@
+"""Talking to the database: transactions, one-statement operations, wake-ups, error translation.
+
+The dialect is chosen once, here: :class:`PostgresDatabase` runs everything
+on a fixed budget of kept connections (:mod:`.pg_connections`) and can run
+the one-statement forms of :mod:`.pg_statements`; :class:`SqliteDatabase`
+runs transactions on the engine's pool, each started with ``BEGIN
+IMMEDIATE`` (see :func:`.engine.configure_sqlite`). Every driver error
+leaves this module as a :class:`~fuseline.errors.DatabaseError` (or
+``DatabaseUnavailable`` when retrying may help) with no password in it;
+anything else (a bug) passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from ...errors import DatabaseError, DatabaseUnavailable
+from .engine import database_error, mask_url
+from .listener import WorkListener
+from .pg_connections import BudgetExhausted, ConnectionBudget
+from .queries import events as event_queries
+
+#: How often an idle worker on SQLite looks for work.
+SQLITE_POLL_SECONDS = 0.1
+
+Rows = list[tuple[Any, ...]]
+
+
+class Database(ABC):
+    """One database, as the broker's jobs use it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = mask_url(engine.url)
+        self.dialect_name: str = engine.dialect.name
+        self._announce = event_queries.for_dialect(self.dialect_name).work_announce
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """A context manager: one transaction on a Connection, committed at the end."""
+
+    def announce_work(self, conn: Connection) -> None:
+        """Wake idle workers when this transaction commits (PostgreSQL's NOTIFY; a no-op elsewhere)."""
+        if self._announce is not None:
+            conn.execute(self._announce)
+
+    @abstractmethod
+    def wait_for_work(self, timeout: float) -> bool:
+        """Wait until work may have been queued (True) or ``timeout`` passes."""
+
+    def translate(self, exc: DBAPIError | psycopg.Error, where: str = "database error") -> DatabaseError:
+        """The fuseline error for a driver error (DatabaseUnavailable if retrying may help)."""
+        if isinstance(exc, DBAPIError):
+            return database_error(
+                exc.orig,
+                f"{where} on {self.url}",
+                self.engine.url,
+                connection_invalidated=exc.connection_invalidated,
+            )
+        return database_error(exc, f"{where} on {self.url}", self.engine.url)
+
+    def close(self) -> None:
+        """Release every connection."""
+
+
+class SqliteDatabase(Database):
+    """SQLite: a transaction per operation on the engine's pool; idle workers poll often."""
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise self.translate(exc) from None
+
+    def wait_for_work(self, timeout: float) -> bool:
+        # A claim on a local file is cheap: poll often instead of waiting out the interval.
+        time.sleep(min(timeout, SQLITE_POLL_SECONDS))
+        return True
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL: a fixed budget of kept connections, one-statement operations, LISTEN/NOTIFY."""
+
+    def __init__(self, engine: Engine, *, connections: int, listen: bool) -> None:
+        super().__init__(engine)
+        self.budget = ConnectionBudget(engine, connections)
+        self.listener = WorkListener(engine) if listen else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        try:
+            with self.budget.transaction() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise self.translate(exc) from None
+        except BudgetExhausted as exc:
+            raise DatabaseUnavailable(f"database busy on {self.url}: {exc}") from None
+
+    def rows(self, sql: str, params: dict[str, Any]) -> Rows:
+        """Run one statement in autocommit mode (its own transaction); its rows."""
+        return self.sequence([(sql, params)])[0]
+
+    def sequence(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> list[Rows]:
+        """Run statements one after the other on one connection, each its own transaction.
+
+        Each commits on its own, so a report followed by a (non-durable) claim
+        keeps the report durable whatever the claim sets for itself.
+        """
+        try:
+            with self.budget.lend() as connection:
+                raw = connection.connection.driver_connection
+                return [raw.execute(sql, params).fetchall() for sql, params in statements]
+        except psycopg.Error as exc:
+            raise self.translate(exc) from None
+        except BudgetExhausted as exc:
+            raise DatabaseUnavailable(f"database busy on {self.url}: {exc}") from None
+        except DBAPIError as exc:  # opening the budget
+            raise self.translate(exc) from None
+
+    def wait_for_work(self, timeout: float) -> bool:
+        if self.listener is None:
+            time.sleep(timeout)
+            return False
+        return self.listener.wait(timeout)
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        self.budget.close()

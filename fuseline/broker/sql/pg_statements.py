@@ -1,0 +1,317 @@
+"""PostgreSQL's one-statement forms of the hottest operations, named like the Core statements
+they stand in for (:mod:`.queries`).
+
+Every step a worker runs costs a claim and a report, so on PostgreSQL these
+skip the general machinery: each is one data-modifying CTE that updates the
+step, queues its successors or finishes the instance, and appends the
+events, run in autocommit mode (the statement is its own transaction). They
+take the same locks in the same order as the general path (the instance
+first, through the scalar subquery the step update evaluates before it
+touches a step row), so both paths can serve one instance at once, and
+``tests/sql/test_sql_statement_twins.py`` checks that each leaves the same
+rows as its general twin.
+
+Claims commit without waiting for the WAL flush: each sets
+``synchronous_commit = off`` for its own transaction (``set_config(...,
+true)``). If the server crashes before flushing one, the step is QUEUED again
+after recovery and the worker's report is refused by the lease guard, so it
+runs again; nothing is lost or accepted twice. Reports and dispatches are
+durable, and flushing a report flushes the claims before it.
+
+Claims also refuse a worker that is listed dead (no heartbeat for
+``p_dead_after`` seconds, or stopped): they then claim nothing, and the
+caller asks why. A claim by a living worker counts as its heartbeat.
+"""
+
+from __future__ import annotations
+
+from ...states import EventKind
+
+_CLAIMED = EventKind.CLAIMED.value
+_SUCCEEDED = EventKind.SUCCEEDED.value
+_QUEUED = EventKind.QUEUED.value
+_DISPATCHED = EventKind.DISPATCHED.value
+_INSTANCE_SUCCEEDED = EventKind.INSTANCE_SUCCEEDED.value
+
+#: The claiming worker is alive: an uncorrelated condition, checked once per statement.
+_WORKER_ALIVE = """EXISTS (SELECT 1 FROM fuseline_workers w
+                            WHERE w.id = CAST(%(p_worker_id)s AS uuid) AND w.stopped_at IS NULL
+                              AND w.last_heartbeat >= clock_timestamp()
+                                                      - make_interval(secs => %(p_dead_after)s))"""
+
+
+#: A claim is a sign of life: it counts as a heartbeat, written at most every ``p_seen_every``
+#: seconds, so a worker loop without a heartbeat thread (the worker guide's) stays alive.
+_WORKER_SEEN = """seen AS (
+        UPDATE fuseline_workers SET last_heartbeat = clock_timestamp()
+         WHERE id = CAST(%(p_worker_id)s AS uuid) AND stopped_at IS NULL
+           AND last_heartbeat >= clock_timestamp() - make_interval(secs => %(p_dead_after)s)
+           AND last_heartbeat < clock_timestamp() - make_interval(secs => %(p_seen_every)s)
+    )"""
+
+
+def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
+    """A claim statement: the QUEUED steps (of one workflow, or of ``many``) that became
+    available first, marked RUNNING for this worker and logged, each returned with the instance
+    inputs and the predecessors' results (as one JSON object).
+
+    One step is picked by ``id = (SELECT ... LIMIT 1)``; a batch by ``id = ANY(ARRAY(...))``,
+    which runs the locking subquery exactly once (an ``IN`` may be planned as a join that runs
+    it again and claims more than the limit). Several workflows are searched one at a time
+    (a lateral subquery per workflow, each an ordered walk of the queued-steps index): a
+    ``(workflow_id, version) IN (...)`` condition cannot use that index's order and sorts every
+    queued row instead. Each workflow is read from the broker's floor on (``p_floor`` or
+    ``p_floors``; NULL reads from the oldest entry): see :mod:`.claimfloor`.
+    """
+    limit = "%(p_limit)s" if batch else "1"
+    # Only the constants of this module are pasted in (S608 is about user input).
+    if many:
+        pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
+                                        CAST(%(p_versions)s AS text[]),
+                                        CAST(%(p_floors)s AS timestamptz[])) AS k(workflow_id, version, floor)
+                     CROSS JOIN LATERAL (
+                        SELECT id, available_at FROM fuseline_steps
+                         WHERE state = 'QUEUED'
+                           AND workflow_id = k.workflow_id AND version = k.version
+                           AND available_at >= COALESCE(k.floor, '-infinity')
+                           AND available_at <= clock_timestamp()
+                           AND {_WORKER_ALIVE}
+                         ORDER BY available_at, id LIMIT {limit}
+                           FOR UPDATE SKIP LOCKED) AS q
+                     ORDER BY q.available_at, q.id LIMIT {limit}"""  # noqa: S608
+    else:
+        pick = f"""SELECT id FROM fuseline_steps
+                      WHERE state = 'QUEUED'
+                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                        AND available_at >= COALESCE(CAST(%(p_floor)s AS timestamptz), '-infinity')
+                        AND available_at <= clock_timestamp()
+                        AND {_WORKER_ALIVE}
+                      ORDER BY available_at, id LIMIT {limit}
+                        FOR UPDATE SKIP LOCKED"""  # noqa: S608
+    picked = f"id = ANY(ARRAY({pick}))" if batch else f"id = ({pick})"
+    return f"""
+    WITH nondurable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
+    {_WORKER_SEEN},
+    claimed AS (
+        UPDATE fuseline_steps
+           SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
+               lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
+               started_at = clock_timestamp()
+          FROM nondurable
+         WHERE {picked}
+           AND state = 'QUEUED'{guard}
+        RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
+                  started_at, lease_expires_at, available_at
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), '{_CLAIMED}', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM claimed
+    )
+    SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
+           c.lease_expires_at, i.inputs,
+           (SELECT '{{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
+                       || '}}'
+              FROM fuseline_steps p
+             WHERE p.instance_id = c.instance_id
+               AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results,
+           c.available_at
+      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+     ORDER BY c.available_at, c.id
+"""  # noqa: S608
+
+
+#: Claim the step of one workflow that became available first.
+step_claim_one_workflow = _claim()
+
+#: The same claim among several workflows (parallel arrays of ids, versions and floors).
+step_claim_many_workflows = _claim(many=True)
+
+#: A worker's prefetch: up to ``p_limit`` steps of its workflow in one statement.
+steps_claim_batch_one_workflow = _claim(batch=True)
+
+#: The same among several workflows.
+steps_claim_batch_many_workflows = _claim(many=True, batch=True)
+
+#: The claim that follows a report in the same round trip: taken only if that report was
+#: accepted (a refused report claims nothing; a replay of an accepted one does).
+step_claim_after_report = _claim(
+    guard="""
+           -- only if the report sent just before this claim was accepted
+           AND EXISTS (SELECT 1 FROM fuseline_steps r
+                        WHERE r.instance_id = CAST(%(p_instance_id)s AS uuid) AND r.name = %(p_name)s
+                          AND r.state = 'SUCCEEDED' AND r.attempt = %(p_attempt)s
+                          AND r.reported_by = CAST(%(p_worker_id)s AS uuid))""",
+)
+
+#: The fenced success of the general path (``step_finish_if_held``), as the first CTE of the
+#: statements below: the instance is locked first, then the step the worker holds is updated.
+_SUCCEED_IF_HELD = """
+    done AS (
+        UPDATE fuseline_steps
+           SET state = 'SUCCEEDED', result = %(p_result)s, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+         WHERE instance_id = (SELECT id FROM fuseline_instances
+                               WHERE id = CAST(%(p_instance_id)s AS uuid)
+                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                                 FOR NO KEY UPDATE)
+           AND name = %(p_name)s AND state = 'RUNNING'
+           AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
+        RETURNING instance_id, attempt
+    )"""
+
+#: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
+#: idle workers (this worker takes one successor itself).
+step_succeed_and_queue = f"""
+    WITH {_SUCCEED_IF_HELD},
+    queued AS (
+        UPDATE fuseline_steps s
+           SET state = 'QUEUED', available_at = clock_timestamp(),
+               inputs_from = CASE WHEN s.name = ANY(CAST(%(p_consumers)s AS text[]))
+                                  THEN %(p_inputs_from)s END
+          FROM done
+         WHERE s.instance_id = done.instance_id
+           AND s.name = ANY(CAST(%(p_queue)s AS text[])) AND s.state = 'PENDING'
+        RETURNING s.instance_id, s.name
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL FROM queued
+    ),
+    announced AS (
+        SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
+    )
+    SELECT attempt, (SELECT count(*) FROM announced) AS announced FROM done
+"""  # noqa: S608
+
+#: Accept the success of the step that ends the instance, and end it with its result.
+step_succeed_and_finish = f"""
+    WITH {_SUCCEED_IF_HELD},
+    finished AS (
+        UPDATE fuseline_instances i
+           SET status = 'SUCCEEDED', result = %(p_result)s,
+               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+          FROM done
+         WHERE i.id = done.instance_id AND i.status = 'RUNNING'
+        RETURNING i.id
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT id, clock_timestamp(), '{_INSTANCE_SUCCEEDED}', NULL, NULL, NULL FROM finished
+    )
+    SELECT attempt FROM done
+"""  # noqa: S608
+
+#: A batch of successes (parallel arrays, one entry per report, numbered by ``p_ns``; the
+#: successors to queue flattened into ``p_q_*`` arrays that point at their report's number).
+#: The instances are locked first, in id order, so two batches never wait for each other in a
+#: cycle. Returns the numbers of the reports accepted.
+steps_succeed_batch = f"""
+    WITH r AS MATERIALIZED (
+        SELECT * FROM unnest(CAST(%(p_ns)s AS integer[]), CAST(%(p_instance_ids)s AS uuid[]),
+                             CAST(%(p_workflow_ids)s AS text[]), CAST(%(p_versions)s AS text[]),
+                             CAST(%(p_names)s AS text[]), CAST(%(p_attempts)s AS integer[]),
+                             CAST(%(p_results)s AS text[]), CAST(%(p_finishes)s AS boolean[]))
+               AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes)
+    ),
+    locked AS MATERIALIZED (
+        SELECT i.id FROM fuseline_instances i
+         WHERE i.id IN (SELECT instance_id FROM r)
+           AND (i.id, i.workflow_id, i.version) IN (SELECT instance_id, workflow_id, version FROM r)
+         ORDER BY i.id
+           FOR NO KEY UPDATE
+    ),
+    done AS (
+        UPDATE fuseline_steps s
+           SET state = 'SUCCEEDED', result = r.result, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+          FROM r
+         WHERE s.instance_id = r.instance_id AND s.name = r.name
+           AND r.instance_id IN (SELECT id FROM locked)
+           AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
+           AND s.attempt = r.attempt
+        RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes
+    ),
+    queued AS (
+        UPDATE fuseline_steps s
+           SET state = 'QUEUED', available_at = clock_timestamp(),
+               inputs_from = CASE WHEN q.consumer THEN q.inputs_from END
+          FROM done
+          JOIN unnest(CAST(%(p_q_ns)s AS integer[]), CAST(%(p_q_names)s AS text[]),
+                      CAST(%(p_q_consumers)s AS boolean[]), CAST(%(p_q_inputs_from)s AS text[]))
+               AS q(n, name, consumer, inputs_from) ON q.n = done.n
+         WHERE s.instance_id = done.instance_id AND s.name = q.name AND s.state = 'PENDING'
+        RETURNING s.instance_id, s.name
+    ),
+    finished AS (
+        UPDATE fuseline_instances i
+           SET status = 'SUCCEEDED', result = done.result,
+               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+          FROM done
+         WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
+        RETURNING i.id
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', name, attempt, CAST(%(p_worker_id)s AS uuid)
+          FROM done
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL FROM queued
+        UNION ALL
+        SELECT id, clock_timestamp(), '{_INSTANCE_SUCCEEDED}', NULL, NULL, NULL FROM finished
+    ),
+    -- Other workers may take some of the steps this batch queued.
+    announced AS (
+        SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
+    )
+    SELECT n, (SELECT count(*) FROM announced) FROM done
+"""  # noqa: S608
+
+#: Create instances (ids and inputs as parallel arrays) with all their steps (roots QUEUED,
+#: the rest PENDING), log them, and wake idle workers.
+instances_dispatch = f"""
+    WITH created AS (
+        INSERT INTO fuseline_instances (id, workflow_id, version, status, inputs,
+                                        created_at, updated_at)
+        SELECT i.id, %(p_workflow_id)s, %(p_version)s, 'RUNNING', i.inputs,
+               clock_timestamp(), clock_timestamp()
+          FROM unnest(CAST(%(p_ids)s AS uuid[]), CAST(%(p_inputs)s AS text[]))
+               WITH ORDINALITY AS i(id, inputs, n)
+         ORDER BY i.n
+        RETURNING id
+    ),
+    stepped AS (
+        INSERT INTO fuseline_steps (instance_id, workflow_id, version, name, state, max_attempts,
+                                    available_at)
+        SELECT c.id, %(p_workflow_id)s, %(p_version)s, s.name,
+               CASE WHEN s.root THEN 'QUEUED' ELSE 'PENDING' END, s.max_attempts,
+               CASE WHEN s.root THEN clock_timestamp() END
+          FROM unnest(CAST(%(p_ids)s AS uuid[])) WITH ORDINALITY AS c(id, n)
+         CROSS JOIN unnest(CAST(%(p_names)s AS text[]), CAST(%(p_roots)s AS boolean[]),
+                           CAST(%(p_max_attempts)s AS integer[]))
+                    WITH ORDINALITY AS s(name, root, max_attempts, k)
+         WHERE c.id IN (SELECT id FROM created)
+         ORDER BY c.n, s.k
+        RETURNING instance_id, name, state
+    ),
+    logged AS (
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+        SELECT id, clock_timestamp(), '{_DISPATCHED}', NULL FROM created
+        UNION ALL
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM stepped WHERE state = 'QUEUED'
+    ),
+    announced AS (
+        SELECT pg_notify('fuseline_work', '')
+    )
+    SELECT count(*) AS created, (SELECT count(*) FROM announced) AS announced FROM created
+"""  # noqa: S608

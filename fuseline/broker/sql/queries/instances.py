@@ -1,0 +1,97 @@
+"""Statements that create, read, cancel and retry instances (``fuseline_instances`` and their steps)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import Insert, Select, Update, bindparam, insert, select, tuple_, update
+
+from ....states import UNFINISHED_STATES, Status
+from ..dialects import Dialect, dialect_of
+from ..models import instances, steps
+
+RUNNING = Status.RUNNING.value
+
+
+class InstanceQueries:
+    def __init__(self, dialect: Dialect) -> None:
+        now = dialect.now()
+        self.instance_insert: Insert = insert(instances).values(
+            status=RUNNING, created_at=now, updated_at=now
+        )
+        #: New steps: roots are QUEUED and available at once, the rest wait PENDING.
+        self.steps_insert_queued: Insert = insert(steps).values(state=Status.QUEUED.value, available_at=now)
+        self.steps_insert_pending: Insert = insert(steps).values(state=Status.PENDING.value)
+        self.instance_get: Select = select(instances).where(instances.c.id == bindparam("p_instance_id"))
+        self.instance_exists: Select = select(instances.c.id).where(
+            instances.c.id == bindparam("p_instance_id")
+        )
+        self.instance_any_running: Select = (
+            select(instances.c.id).where(instances.c.status == RUNNING).limit(1)
+        )
+        self.instance_any_running_of: Select = (
+            select(instances.c.id)
+            .where(
+                instances.c.status == RUNNING,
+                tuple_(instances.c.workflow_id, instances.c.version).in_(bindparam("p_keys", expanding=True)),
+            )
+            .limit(1)
+        )
+        self.steps_of_instances: Select = (
+            select(steps)
+            .where(steps.c.instance_id.in_(bindparam("p_instance_ids", expanding=True)))
+            .order_by(steps.c.id)
+        )
+        #: Cancel: every unfinished step ends CANCELLED (late reports are then refused).
+        self.steps_cancel_unfinished: Update = (
+            update(steps)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.state.in_([s.value for s in UNFINISHED_STATES]),
+            )
+            .values(state=Status.CANCELLED.value, lease_expires_at=None, finished_at=now)
+            .returning(steps.c.name, steps.c.attempt)
+        )
+        self.steps_broken: Select = select(steps.c.name).where(
+            steps.c.instance_id == bindparam("p_instance_id"),
+            steps.c.state.in_([Status.FAILED.value, Status.CANCELLED.value]),
+        )
+        #: Back to PENDING for a retry: ``attempt`` keeps growing (reports are fenced by it)
+        #: and the step gets ``p_budget`` more executions than it has had.
+        self.step_reset_for_retry: Update = (
+            update(steps)
+            .where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.name == bindparam("p_name"))
+            .values(
+                state=Status.PENDING.value,
+                max_attempts=steps.c.attempt - steps.c.released + bindparam("p_budget"),
+                result=None,
+                error=None,
+                action=None,
+                inputs_from=None,
+                worker_id=None,
+                reported_by=None,
+                lease_expires_at=None,
+                started_at=None,
+                finished_at=None,
+            )
+        )
+        self.instance_reopen: Update = (
+            update(instances)
+            .where(instances.c.id == bindparam("p_instance_id"))
+            .values(status=RUNNING, result=None, error=None, finished_at=None, updated_at=now)
+        )
+
+    @staticmethod
+    def instances_page(status: str | None, workflow_id: str | None, limit: int, offset: int) -> Select:
+        """Instances, newest first, optionally of one status and one workflow."""
+        query = select(instances).order_by(instances.c.created_at.desc(), instances.c.id.desc())
+        if status is not None:
+            query = query.where(instances.c.status == status)
+        if workflow_id is not None:
+            query = query.where(instances.c.workflow_id == workflow_id)
+        return query.limit(max(0, int(limit))).offset(max(0, int(offset)))
+
+
+@cache
+def for_dialect(name: str) -> InstanceQueries:
+    return InstanceQueries(dialect_of(name))

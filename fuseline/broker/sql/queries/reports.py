@@ -1,0 +1,112 @@
+"""Statements that accept a report and apply the rules (``fuseline_steps``, ``fuseline_instances``).
+
+Every transaction that evaluates joins or changes several steps of one
+instance takes :attr:`ReportQueries.instance_lock` first, so they run one
+after the other per instance and always lock the instance before its steps.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import ColumnElement, Select, Update, bindparam, select, update
+
+from ....states import Status
+from ..dialects import Dialect, dialect_of
+from ..models import instances, steps
+
+RUNNING = Status.RUNNING.value
+PENDING = Status.PENDING.value
+
+
+class ReportQueries:
+    def __init__(self, dialect: Dialect) -> None:
+        now = dialect.now()
+        #: The per-instance lock. FOR NO KEY UPDATE is the weakest row lock that still
+        #: serialises these transactions: readers and foreign-key checks are not blocked.
+        self.instance_lock: Select = (
+            select(instances.c.workflow_id, instances.c.version, instances.c.status)
+            .where(instances.c.id == bindparam("p_instance_id"))
+            .with_for_update(key_share=True)
+        )
+        #: The fencing write: accepted only from the holder of the current lease of that attempt.
+        self.step_finish_if_held: Update = self._finish_if_held(
+            now, steps.c.attempt == bindparam("p_attempt")
+        )
+        #: The same write for reports without an attempt number: the one this worker holds.
+        self.step_finish_if_held_any_attempt: Update = self._finish_if_held(now)
+        #: What a refused report is explained with.
+        self.step_get: Select = select(
+            steps.c.state, steps.c.worker_id, steps.c.reported_by, steps.c.attempt, steps.c.result
+        ).where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.name == bindparam("p_name"))
+        #: What the join rules read: every step's state, branch and finish time.
+        self.steps_views: Select = select(
+            steps.c.name, steps.c.state, steps.c.action, steps.c.finished_at
+        ).where(steps.c.instance_id == bindparam("p_instance_id"))
+        #: Queue a successor, once: only a PENDING step moves.
+        self.step_queue_if_pending: Update = (
+            update(steps)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.name == bindparam("p_name"),
+                steps.c.state == PENDING,
+            )
+            .values(state=Status.QUEUED.value, inputs_from=bindparam("p_inputs_from"), available_at=now)
+        )
+        #: Skip or cancel the steps the rules decided on; only PENDING ones move.
+        self.steps_close_if_pending: Update = (
+            update(steps)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.name.in_(bindparam("p_names", expanding=True)),
+                steps.c.state == PENDING,
+            )
+            .values(state=bindparam("p_state"), finished_at=now)
+        )
+        #: The failure an instance's error names: the first step that failed.
+        self.step_first_failure: Select = (
+            select(steps.c.name, steps.c.error)
+            .where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.state == Status.FAILED.value)
+            .order_by(steps.c.finished_at, steps.c.id)
+            .limit(1)
+        )
+        #: Finalize exactly once: only a RUNNING instance moves to a final status.
+        self.instance_finish: Update = (
+            update(instances)
+            .where(instances.c.id == bindparam("p_instance_id"), instances.c.status == RUNNING)
+            .values(
+                status=bindparam("p_status"),
+                result=bindparam("p_result"),
+                error=bindparam("p_error"),
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+
+    @staticmethod
+    def _finish_if_held(now: ColumnElement, *attempt: ColumnElement[bool]) -> Update:
+        return (
+            update(steps)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.name == bindparam("p_name"),
+                steps.c.state == RUNNING,
+                steps.c.worker_id == bindparam("p_worker_id"),
+                *attempt,
+            )
+            .values(
+                state=bindparam("p_state"),
+                result=bindparam("p_result"),
+                error=bindparam("p_error"),
+                action=bindparam("p_action"),
+                reported_by=bindparam("p_worker_id"),
+                lease_expires_at=None,
+                finished_at=now,
+            )
+            .returning(steps.c.attempt)
+        )
+
+
+@cache
+def for_dialect(name: str) -> ReportQueries:
+    return ReportQueries(dialect_of(name))

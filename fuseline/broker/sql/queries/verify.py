@@ -1,0 +1,71 @@
+"""What ``fuseline db verify`` reads (it never writes): the facts each invariant is checked on."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import DateTime, Select, bindparam, case, func, select, type_coerce
+
+from ....states import UNFINISHED_STATES, EventKind, Status
+from ..dialects import Dialect, dialect_of
+from ..models import events, instances, steps, workflows
+
+
+class VerifyQueries:
+    def __init__(self, dialect: Dialect) -> None:
+        self.now: Select = select(type_coerce(dialect.now(), DateTime(timezone=True)))
+        self.steps_running: Select = select(
+            steps.c.instance_id, steps.c.name, steps.c.worker_id, steps.c.lease_expires_at
+        ).where(steps.c.state == Status.RUNNING.value)
+        #: Steps with more than one accepted success.
+        self.successes_repeated: Select = (
+            select(events.c.instance_id, events.c.step_name, func.count())
+            .where(events.c.kind == EventKind.SUCCEEDED.value)
+            .group_by(events.c.instance_id, events.c.step_name)
+            .having(func.count() > 1)
+        )
+        retried = (
+            select(events.c.instance_id, func.count().label("retries"))
+            .where(events.c.kind == EventKind.RETRIED.value)
+            .group_by(events.c.instance_id)
+            .subquery()
+        )
+        queued = (
+            select(events.c.instance_id, events.c.step_name, func.count().label("times"))
+            .where(events.c.kind == EventKind.QUEUED.value)
+            .group_by(events.c.instance_id, events.c.step_name)
+            .subquery()
+        )
+        #: Steps queued more often than their instance was retried (+1).
+        self.steps_queued_twice: Select = (
+            select(queued.c.instance_id, queued.c.step_name, queued.c.times, retried.c.retries)
+            .select_from(queued.outerjoin(retried, retried.c.instance_id == queued.c.instance_id))
+            .where(queued.c.times > 1 + func.coalesce(retried.c.retries, 0))
+        )
+        self.claims: Select = (
+            select(events.c.instance_id, events.c.step_name, events.c.attempt)
+            .where(events.c.kind == EventKind.CLAIMED.value)
+            .order_by(events.c.instance_id, events.c.step_name, events.c.id)
+        )
+        self.steps_attempts: Select = select(steps.c.instance_id, steps.c.name, steps.c.attempt)
+        unfinished = func.sum(case((steps.c.state.in_([s.value for s in UNFINISHED_STATES]), 1), else_=0))
+        #: Per instance: its status and how many of its steps are unfinished.
+        self.instances_open_steps: Select = (
+            select(
+                instances.c.id, instances.c.status, instances.c.workflow_id, instances.c.version, unfinished
+            )
+            .select_from(instances.join(steps, steps.c.instance_id == instances.c.id))
+            .group_by(instances.c.id, instances.c.status, instances.c.workflow_id, instances.c.version)
+        )
+        self.workflow_definition: Select = select(workflows.c.definition).where(
+            workflows.c.workflow_id == bindparam("p_workflow_id"),
+            workflows.c.version == bindparam("p_version"),
+        )
+        self.steps_views: Select = select(
+            steps.c.name, steps.c.state, steps.c.action, steps.c.finished_at
+        ).where(steps.c.instance_id == bindparam("p_instance_id"))
+
+
+@cache
+def for_dialect(name: str) -> VerifyQueries:
+    return VerifyQueries(dialect_of(name))

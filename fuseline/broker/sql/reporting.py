@@ -1,0 +1,360 @@
+"""Accepting reports: fenced by the lease, then the rules move the instance on.
+
+A report is prepared once (:class:`PreparedReport`: state, ids checked,
+result encoded, whether a one-statement form applies). PostgreSQL then tries
+that form (:class:`OneStatementReports`): a success whose consequences
+depend on no other step's state is one statement. Whatever it does not
+accept, and every report elsewhere, takes the general path: one transaction
+that locks the instance, applies the fenced write and the rules, or
+explains the refusal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ...errors import (
+    BrokerError,
+    DatabaseError,
+    LeaseLost,
+    ReportConflict,
+    ResultNotSerializable,
+    ResultTooLarge,
+    UnknownInstance,
+    UnknownStep,
+    UnknownWorker,
+    UnknownWorkflow,
+)
+from ...states import EventKind, Status
+from .. import codec
+from ..base import StepAssignment, StepReport
+from ..dag import FastReport
+from ..ids import instance_uuid, worker_uuid
+from ..reports import NO_ERROR_TEXT, reported_state, why_not_held
+from . import pg_statements
+from .claiming import Claimer, OneStatementClaims
+from .database import Database, PostgresDatabase
+from .history import History
+from .leases import HeldLeases
+from .plans import PlanCache
+from .queries.events import EventQueries
+from .queries.reports import ReportQueries
+from .rows import ClaimRow
+from .rules import InstanceRules
+from .workers import WorkerRegistry
+
+#: The parallel arrays of ``steps_succeed_batch``.
+_BATCH_ARRAYS = (
+    *("p_ns", "p_instance_ids", "p_workflow_ids", "p_versions", "p_names", "p_attempts", "p_results"),
+    *("p_finishes", "p_q_ns", "p_q_names", "p_q_consumers", "p_q_inputs_from"),
+)
+
+
+@dataclass(frozen=True)
+class PreparedReport:
+    """A report checked and encoded once, whichever path then records it."""
+
+    worker_id: str
+    report: StepReport
+    state: Status
+    #: The result as stored JSON text (None unless SUCCEEDED).
+    result: str | None
+    error: str | None
+    #: What the one-statement path does with this success, when it applies (else None).
+    fast: FastReport | None
+
+    def one_statement_params(self) -> dict[str, Any]:
+        """Parameters of ``step_succeed_and_queue`` / ``step_succeed_and_finish``."""
+        report = self.report
+        params: dict[str, Any] = {
+            "p_instance_id": report.instance_id,
+            "p_workflow_id": report.workflow_id,
+            "p_version": report.version,
+            "p_name": report.step_name,
+            "p_worker_id": self.worker_id,
+            "p_attempt": report.attempt,
+            "p_result": self.result,
+        }
+        if self.fast is not None and not self.fast.finalizes:
+            params.update(
+                p_queue=list(self.fast.queue),
+                p_consumers=list(self.fast.consumers),
+                p_inputs_from=json.dumps([report.step_name]),
+            )
+        return params
+
+    def one_statement(self) -> str:
+        assert self.fast is not None
+        return (
+            pg_statements.step_succeed_and_finish
+            if self.fast.finalizes
+            else pg_statements.step_succeed_and_queue
+        )
+
+
+class OneStatementReports:
+    """PostgreSQL: successes as single statements, alone, in a batch, or followed by a claim."""
+
+    def __init__(self, db: PostgresDatabase, claims: OneStatementClaims) -> None:
+        self.db = db
+        self.claims = claims
+
+    def succeed(self, prepared: PreparedReport) -> bool:
+        """Accept a success; False if the worker does not hold the step (nothing changed)."""
+        return bool(self.db.rows(prepared.one_statement(), prepared.one_statement_params()))
+
+    def succeed_batch(self, batch: Sequence[PreparedReport]) -> list[bool]:
+        """Several successes in one statement and one durable commit; per report, accepted?"""
+        arrays: dict[str, list[Any]] = {name: [] for name in _BATCH_ARRAYS}
+        for n, prepared in enumerate(batch):
+            report, fast = prepared.report, prepared.fast
+            assert fast is not None
+            arrays["p_ns"].append(n)
+            arrays["p_instance_ids"].append(report.instance_id)
+            arrays["p_workflow_ids"].append(report.workflow_id)
+            arrays["p_versions"].append(report.version)
+            arrays["p_names"].append(report.step_name)
+            arrays["p_attempts"].append(report.attempt)
+            arrays["p_results"].append(prepared.result)
+            arrays["p_finishes"].append(fast.finalizes)
+            inputs_from = json.dumps([report.step_name])
+            for successor in fast.queue:
+                arrays["p_q_ns"].append(n)
+                arrays["p_q_names"].append(successor)
+                arrays["p_q_consumers"].append(successor in fast.consumers)
+                arrays["p_q_inputs_from"].append(inputs_from)
+        rows = self.db.rows(pg_statements.steps_succeed_batch, {"p_worker_id": batch[0].worker_id, **arrays})
+        accepted = {row[0] for row in rows}
+        return [n in accepted for n in range(len(batch))]
+
+    def succeed_then_claim(
+        self, prepared: PreparedReport, key: tuple[str, str], floor: Any
+    ) -> tuple[bool, ClaimRow | None]:
+        """A success, then the same worker's next claim (only if the report was accepted).
+
+        Two transactions on one connection, sent back to back: the report
+        commits durably, the claim then commits without waiting for the flush.
+        """
+        claim = {
+            **self.claims.params(prepared.worker_id, [key], [floor]),
+            "p_instance_id": prepared.report.instance_id,
+            "p_name": prepared.report.step_name,
+            "p_attempt": prepared.report.attempt,
+        }
+        reported, claimed = self.db.sequence(
+            [
+                (prepared.one_statement(), prepared.one_statement_params()),
+                (pg_statements.step_claim_after_report, claim),
+            ]
+        )
+        return bool(reported), ClaimRow.of(claimed[0]) if claimed else None
+
+
+class Reporter:
+    """Records the reports of workers: the one-statement path where it applies, else the general one."""
+
+    def __init__(
+        self,
+        db: Database,
+        queries: ReportQueries,
+        events: EventQueries,
+        rules: InstanceRules,
+        plans: PlanCache,
+        workers: WorkerRegistry,
+        held: HeldLeases,
+        claimer: Claimer,
+        one_statement: OneStatementReports | None,
+        max_result_bytes: int,
+    ) -> None:
+        self.db = db
+        self.q = queries
+        self.events = events
+        self.rules = rules
+        self.plans = plans
+        self.workers = workers
+        self.held = held
+        self.claimer = claimer
+        self.one_statement = one_statement
+        self.max_result_bytes = max_result_bytes
+
+    def prepare(self, worker_id: str, report: StepReport) -> PreparedReport:
+        state = reported_state(report)
+        worker_uuid(worker_id)
+        instance_uuid(report.instance_id)
+        result, error = None, report.error
+        if state is Status.SUCCEEDED:
+            try:
+                result = codec.encode_result(report.step_name, report.result, self.max_result_bytes)
+            except (ResultNotSerializable, ResultTooLarge) as exc:
+                state, error = Status.FAILED, str(exc)
+        elif state is Status.FAILED and not error:
+            error = NO_ERROR_TEXT
+        return PreparedReport(worker_id, report, state, result, error, self._fast(report, state))
+
+    def _fast(self, report: StepReport, state: Status) -> FastReport | None:
+        """The one-statement form of a success, if this broker has one and the step allows it."""
+        if self.one_statement is None or state is not Status.SUCCEEDED:
+            return None
+        if report.attempt is None or report.version is None:
+            return None
+        plan = self.plans.cached((report.workflow_id, report.version))
+        return plan.fast_reports.get(report.step_name) if plan is not None else None
+
+    def report(self, worker_id: str, report: StepReport) -> None:
+        prepared = self.prepare(worker_id, report)
+        if prepared.fast is not None and self.one_statement.succeed(prepared):  # type: ignore[union-attr]
+            self._forget(prepared)
+            return
+        self._general_then_forget(prepared)
+
+    def _general_then_forget(self, prepared: PreparedReport) -> None:
+        """The general path; afterwards the step's lease is not renewed any more, whether the
+        report was accepted or refused. An outage leaves it renewed while the worker retries."""
+        try:
+            self.general(prepared)
+        except (LeaseLost, ReportConflict):
+            self._forget(prepared)
+            raise
+        self._forget(prepared)
+
+    def report_many(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+        """One-statement successes share one statement and commit; the rest (failures, joins,
+        refusals to explain) take the general path one by one after that commit."""
+        prepared = [self.prepare(worker_id, report) for report in reports]
+        outcomes: list[BrokerError | None] = [None] * len(prepared)
+        fast = [n for n, p in enumerate(prepared) if p.fast is not None]
+        general = [n for n, p in enumerate(prepared) if p.fast is None]
+        if fast:
+            assert self.one_statement is not None
+            # Instance order, so two batches lock instances in the same order (no deadlock).
+            fast.sort(key=lambda n: str(prepared[n].report.instance_id))
+            accepted = self.one_statement.succeed_batch([prepared[n] for n in fast])
+            for n, ok in zip(fast, accepted, strict=True):
+                if ok:
+                    self._forget(prepared[n])
+                else:
+                    general.append(n)
+        for n in sorted(general):
+            try:
+                self._general_then_forget(prepared[n])
+            except (LeaseLost, ReportConflict) as exc:
+                outcomes[n] = exc
+        return outcomes
+
+    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+        """On PostgreSQL, a one-statement success and the next claim go back to back."""
+        keys = self.workers.keys_of(worker_id)
+        prepared = self.prepare(worker_id, report)
+        if prepared.fast is None or len(keys) != 1 or self.claimer.reaper.due():
+            self.report(worker_id, report)
+            return _first(self.claimer.claim(worker_id, 1))
+        assert self.one_statement is not None
+        floor = self.claimer.floors.for_next_claim(keys)[0]
+        accepted, row = self.one_statement.succeed_then_claim(prepared, keys[0], floor)
+        if row is not None:
+            self.claimer.follow([row])
+        if not accepted:
+            # Refused, or a replay of a report accepted earlier: the claim's guard (this step
+            # SUCCEEDED at this attempt, reported by this worker) holds for a replay too, so a
+            # step may have been claimed all the same. Hand it out (a replay), or give it back.
+            claimed = row.assignment() if row is not None else None
+            try:
+                self._general_then_forget(prepared)  # explains the refusal; an exact replay is fine
+            except (BrokerError, DatabaseError):
+                if claimed is not None:
+                    self.workers.release(worker_id, [claimed])
+                raise
+            if claimed is None:
+                return _first(self.claimer.claim(worker_id, 1))
+            self.held.hand(worker_id, [claimed])
+            return claimed
+        self._forget(prepared)
+        if row is None:
+            return _first(self.claimer.claim(worker_id, 1))
+        claimed = row.assignment()
+        self.held.hand(worker_id, [claimed])
+        return claimed
+
+    def _forget(self, prepared: PreparedReport) -> None:
+        """Reported (accepted or refused): the step's lease is no longer the worker's to renew."""
+        report = prepared.report
+        self.held.forget(prepared.worker_id, report.instance_id, report.step_name, report.attempt)
+
+    def general(self, prepared: PreparedReport) -> None:
+        """The general path: lock the instance, apply the fenced write, then the rules."""
+        report, worker_id, state = prepared.report, prepared.worker_id, prepared.state
+        history = History()
+        with self.db.transaction() as conn:
+            locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
+            if locked is None:
+                raise UnknownInstance(report.instance_id)
+            if report.workflow_id != locked.workflow_id:
+                raise UnknownWorkflow(report.workflow_id)
+            plan = self.plans.get(conn, (locked.workflow_id, locked.version))
+            if report.step_name not in plan.nodes:
+                raise UnknownStep(report.instance_id, report.step_name)
+            action = (
+                plan.chosen_action(report.step_name, report.result) if state is Status.SUCCEEDED else None
+            )
+            params = {
+                "p_instance_id": report.instance_id,
+                "p_name": report.step_name,
+                "p_worker_id": worker_id,
+                "p_state": state.value,
+                "p_result": prepared.result,
+                "p_error": prepared.error,
+                "p_action": action,
+            }
+            if report.attempt is None:
+                held = conn.execute(self.q.step_finish_if_held_any_attempt, params).first()
+            else:
+                held = conn.execute(
+                    self.q.step_finish_if_held, {**params, "p_attempt": report.attempt}
+                ).first()
+            if held is None:
+                self._check_replay(conn, prepared)
+                return
+            history.add(
+                report.instance_id,
+                EventKind.of_step(state),
+                report.step_name,
+                held.attempt,
+                worker_id,
+                prepared.error,
+            )
+            successors = plan.successors(report.step_name)
+            self.rules.advance(conn, report.instance_id, plan, successors, history, reporter_claims_next=True)
+            history.write(conn, self.events)
+
+    def _check_replay(self, conn: Connection, prepared: PreparedReport) -> None:
+        """A report the lease guard refused: an exact replay is fine, anything else is not."""
+        report, worker_id, state = prepared.report, prepared.worker_id, prepared.state
+        row = conn.execute(
+            self.q.step_get, {"p_instance_id": report.instance_id, "p_name": report.step_name}
+        ).one()
+        current = Status(row.state)
+        if row.reported_by == worker_id and report.attempt in (None, row.attempt):
+            if current is state and (
+                state is not Status.SUCCEEDED or codec.decode(row.result) == report.result
+            ):
+                return
+            raise ReportConflict(
+                f"step {report.step_name!r} of instance {report.instance_id!r} already ended {current} "
+                "for this attempt; a different report was refused"
+            )
+        if not self.workers.exists(conn, worker_id):
+            raise UnknownWorker(worker_id)
+        raise LeaseLost(
+            report.instance_id,
+            report.step_name,
+            why_not_held(current, row.worker_id, row.attempt, worker_id, report),
+        )
+
+
+def _first(assignments: list[StepAssignment]) -> StepAssignment | None:
+    return assignments[0] if assignments else None

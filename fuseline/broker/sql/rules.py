@@ -1,0 +1,112 @@
+"""Applying the DAG rules (:mod:`fuseline.broker.dag`) to an instance's stored steps.
+
+Callers hold the instance lock (``instance_lock``), so no other transaction
+evaluates the same instance at the same time: a successor is queued exactly
+once and an instance is finalized exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import Connection
+
+from ...states import EventKind, Status
+from ..dag import Progress, StepView, WorkflowPlan
+from .history import History
+from .queries.claims import ClaimQueries
+from .queries.reports import ReportQueries
+from .rows import aware
+
+
+class InstanceRules:
+    """Moves an instance forward after one of its steps changed."""
+
+    def __init__(
+        self, reports: ReportQueries, claims: ClaimQueries, announce_work: Callable[[Connection], None]
+    ) -> None:
+        self.q = reports
+        self.claims = claims
+        self._announce_work = announce_work
+
+    def advance(
+        self,
+        conn: Connection,
+        instance_id: str,
+        plan: WorkflowPlan,
+        candidates: Iterable[str],
+        history: History,
+        *,
+        reporter_claims_next: bool = False,
+    ) -> None:
+        """Decide the PENDING ``candidates`` (and what that unlocks), then finalize if done.
+
+        ``reporter_claims_next`` says a worker will claim again right after this
+        (it takes one queued step itself, so others are woken only for a fan-out).
+        """
+        rows = conn.execute(self.q.steps_views, {"p_instance_id": instance_id}).all()
+        views = {r.name: StepView(Status(r.state), r.action, aware(r.finished_at)) for r in rows}
+        progress = plan.settle(views, candidates)
+        self._apply(conn, instance_id, progress, history, reporter_claims_next=reporter_claims_next)
+        outcome = plan.outcome(views)
+        if outcome is not None:
+            self.finalize(conn, instance_id, plan, outcome, history)
+
+    def _apply(
+        self,
+        conn: Connection,
+        instance_id: str,
+        progress: Progress,
+        history: History,
+        *,
+        reporter_claims_next: bool,
+    ) -> None:
+        if progress.queued:
+            conn.execute(
+                self.q.step_queue_if_pending,
+                [
+                    {
+                        "p_instance_id": instance_id,
+                        "p_name": name,
+                        "p_inputs_from": json.dumps(inputs_from) if inputs_from else None,
+                    }
+                    for name, inputs_from in progress.queued.items()
+                ],
+            )
+            for name in progress.queued:
+                history.add(instance_id, EventKind.QUEUED, name)
+            if len(progress.queued) > 1 or not reporter_claims_next:
+                self._announce_work(conn)
+        for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
+            if names:
+                conn.execute(
+                    self.q.steps_close_if_pending,
+                    {"p_instance_id": instance_id, "p_names": names, "p_state": state.value},
+                )
+                for name in names:
+                    history.add(instance_id, EventKind.of_step(state), name)
+
+    def finalize(
+        self, conn: Connection, instance_id: str, plan: WorkflowPlan, outcome: Status, history: History
+    ) -> None:
+        """End a RUNNING instance once: SUCCEEDED with its outputs' results, else FAILED naming
+        the first step that failed."""
+        result = error = None
+        if outcome is Status.SUCCEEDED:
+            found = conn.execute(
+                self.claims.step_results, {"p_instance_id": instance_id, "p_names": list(plan.outputs)}
+            ).all()
+            texts = {r.name: r.result for r in found}
+            parts = [texts.get(name) or "null" for name in plan.outputs]
+            result = parts[0] if len(parts) == 1 else "[" + ",".join(parts) + "]"
+        else:
+            failure = conn.execute(self.q.step_first_failure, {"p_instance_id": instance_id}).first()
+            if failure is not None:
+                error = f"step {failure.name!r} failed: {failure.error}"
+        finished = conn.execute(
+            self.q.instance_finish,
+            {"p_instance_id": instance_id, "p_status": outcome.value, "p_result": result, "p_error": error},
+        )
+        if finished.rowcount == 1:
+            history.add(instance_id, EventKind.of_instance(outcome), detail=error)
