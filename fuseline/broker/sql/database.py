@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -108,18 +108,33 @@ class PostgresDatabase(Database):
 
     def rows(self, sql: str, params: dict[str, Any]) -> Rows:
         """Run one statement in autocommit mode (its own transaction); its rows."""
-        return self.sequence([(sql, params)])[0]
+        return self._on_a_connection(lambda raw: raw.execute(sql, params).fetchall())
 
-    def sequence(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> list[Rows]:
-        """Run statements one after the other on one connection, each its own transaction.
+    def together(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> list[Rows]:
+        """Run statements in one transaction and one round trip (a pipeline); the rows of each.
 
-        Each commits on its own, so a report followed by a (non-durable) claim
-        keeps the report durable whatever the claim sets for itself.
+        A later statement sees what an earlier one wrote. If one fails, none
+        of them took effect.
         """
+
+        def run(raw: psycopg.Connection) -> list[Rows]:
+            try:
+                with raw.pipeline():
+                    raw.execute("BEGIN")
+                    cursors = [raw.execute(sql, params) for sql, params in statements]
+                    raw.execute("COMMIT")
+                return [cursor.fetchall() for cursor in cursors]
+            except psycopg.Error:
+                if not raw.closed and not raw.broken:
+                    raw.rollback()  # the failed transaction block, if the server still has it
+                raise
+
+        return self._on_a_connection(run)
+
+    def _on_a_connection(self, work: Callable[[psycopg.Connection], Any]) -> Any:
         try:
             with self.budget.lend() as connection:
-                raw = connection.connection.driver_connection
-                return [raw.execute(sql, params).fetchall() for sql, params in statements]
+                return work(connection.connection.driver_connection)
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         except BudgetExhausted as exc:

@@ -16,7 +16,9 @@ Claims commit without waiting for the WAL flush: each sets
 true)``). If the server crashes before flushing one, the step is QUEUED again
 after recovery and the worker's report is refused by the lease guard, so it
 runs again; nothing is lost or accepted twice. Reports and dispatches are
-durable, and flushing a report flushes the claims before it.
+durable, and flushing a report flushes the claims before it. The claim a
+worker sends with its report shares the report's transaction, so it is
+durable too, at no extra cost: one commit, one flush.
 
 Claims also refuse a worker that is listed dead (no heartbeat for
 ``p_dead_after`` seconds, or stopped): they then claim nothing, and the
@@ -40,17 +42,21 @@ _WORKER_ALIVE = """EXISTS (SELECT 1 FROM fuseline_workers w
                                                       - make_interval(secs => %(p_dead_after)s))"""
 
 
+#: This transaction commits without waiting for the WAL flush (the setting lasts until its end).
+#: Joined by the claim's UPDATE and the ``seen`` CTE, so it is evaluated before anything is written.
+_NONDURABLE = "nondurable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting)"
+
 #: A claim is a sign of life: it counts as a heartbeat, written at most every ``p_seen_every``
 #: seconds, so a worker loop without a heartbeat thread (the worker guide's) stays alive.
 _WORKER_SEEN = """seen AS (
         UPDATE fuseline_workers SET last_heartbeat = clock_timestamp()
          WHERE id = CAST(%(p_worker_id)s AS uuid) AND stopped_at IS NULL
            AND last_heartbeat >= clock_timestamp() - make_interval(secs => %(p_dead_after)s)
-           AND last_heartbeat < clock_timestamp() - make_interval(secs => %(p_seen_every)s)
+           AND last_heartbeat < clock_timestamp() - make_interval(secs => %(p_seen_every)s){also}
     )"""
 
 
-def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
+def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable: bool = False) -> str:
     """A claim statement: the QUEUED steps (of one workflow, or of ``many``) that became
     available first, marked RUNNING for this worker and logged, each returned with the instance
     inputs and the predecessors' results (as one JSON object).
@@ -89,15 +95,19 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "") -> str:
                       ORDER BY available_at, id LIMIT {limit}
                         FOR UPDATE SKIP LOCKED"""  # noqa: S608
     picked = f"id = ANY(ARRAY({pick}))" if batch else f"id = ({pick})"
+    # A claim on its own commits without waiting for the flush; one that shares a report's
+    # transaction (``durable``) must not change how that transaction commits.
+    nondurable = "" if durable else _NONDURABLE + ","
+    seen = _WORKER_SEEN.format(also="" if durable else "\n           AND EXISTS (SELECT 1 FROM nondurable)")
     return f"""
-    WITH nondurable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true) AS setting),
-    {_WORKER_SEEN},
+    WITH {nondurable}
+    {seen},
     claimed AS (
         UPDATE fuseline_steps
            SET state = 'RUNNING', attempt = attempt + 1, worker_id = CAST(%(p_worker_id)s AS uuid),
                lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
                started_at = clock_timestamp()
-          FROM nondurable
+         {"" if durable else "FROM nondurable"}
          WHERE {picked}
            AND state = 'QUEUED'{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
@@ -133,9 +143,11 @@ steps_claim_batch_one_workflow = _claim(batch=True)
 #: The same among several workflows.
 steps_claim_batch_many_workflows = _claim(many=True, batch=True)
 
-#: The claim that follows a report in the same round trip: taken only if that report was
-#: accepted (a refused report claims nothing; a replay of an accepted one does).
+#: The claim that follows a report in the same transaction and round trip: taken only if
+#: that report was accepted (a refused report claims nothing; a replay of an accepted one
+#: does). Durable: it commits with the report, and must not make the report non-durable.
 step_claim_after_report = _claim(
+    durable=True,
     guard="""
            -- only if the report sent just before this claim was accepted
            AND EXISTS (SELECT 1 FROM fuseline_steps r

@@ -135,18 +135,16 @@ class OneStatementReports:
     def succeed_then_claim(
         self, prepared: PreparedReport, key: tuple[str, str], floor: Any
     ) -> tuple[bool, ClaimRow | None]:
-        """A success, then the same worker's next claim (only if the report was accepted).
-
-        Two transactions on one connection, sent back to back: the report
-        commits durably, the claim then commits without waiting for the flush.
-        """
+        """A success and the same worker's next claim (taken only if the report was accepted),
+        in one transaction and one round trip. The claim sees the successors the report queued,
+        and the transaction commits durably, once."""
         claim = {
             **self.claims.params(prepared.worker_id, [key], [floor]),
             "p_instance_id": prepared.report.instance_id,
             "p_name": prepared.report.step_name,
             "p_attempt": prepared.report.attempt,
         }
-        reported, claimed = self.db.sequence(
+        reported, claimed = self.db.together(
             [
                 (prepared.one_statement(), prepared.one_statement_params()),
                 (pg_statements.step_claim_after_report, claim),
