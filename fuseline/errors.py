@@ -187,8 +187,7 @@ class MissingInput(FuselineError):
     """A step needs a workflow input that the instance was not given."""
 
     def __init__(self, step_name: str, input_name: str) -> None:
-        self.step_name = step_name
-        self.input_name = input_name
+        self.step_name, self.input_name = step_name, input_name
         super().__init__(
             f"step {step_name!r} needs the workflow input {input_name!r}, which the instance "
             "inputs do not provide"

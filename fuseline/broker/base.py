@@ -116,6 +116,17 @@ class InstanceInfo:
 
 
 @dataclass(frozen=True)
+class InstancePage:
+    """Which instances a listing returns: newest first, optionally of one status and one
+    workflow, ``limit`` of them after skipping ``offset``."""
+
+    status: Status | None = None
+    workflow_id: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     worker_id: str
     host: str
@@ -250,7 +261,6 @@ class Broker(ABC):
     def get_instance(self, instance_id: str) -> InstanceInfo:
         """The instance with its steps; UnknownInstance if there is none."""
 
-    @abstractmethod
     def list_instances(
         self,
         status: Status | str | None = None,
@@ -258,7 +268,13 @@ class Broker(ABC):
         limit: int = 50,
         offset: int = 0,
     ) -> list[InstanceInfo]:
-        """Instances, newest first."""
+        """Instances, newest first: one page of those with this status and workflow."""
+        wanted = Status(status) if status is not None else None
+        return self.instances_page(InstancePage(wanted, workflow_id, max(0, int(limit)), max(0, int(offset))))
+
+    @abstractmethod
+    def instances_page(self, page: InstancePage) -> list[InstanceInfo]:
+        """The instances ``page`` selects, newest first."""
 
     @abstractmethod
     def instance_events(self, instance_id: str) -> list[InstanceEvent]:

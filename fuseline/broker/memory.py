@@ -41,6 +41,7 @@ from .base import (
     Broker,
     InstanceEvent,
     InstanceInfo,
+    InstancePage,
     Lease,
     StepAssignment,
     StepReport,
@@ -123,10 +124,9 @@ class MemoryBroker(Broker):
             return worker.worker_id
 
     def _worker(self, worker_id: str) -> WorkerRecord:
-        worker = self._workers.get(worker_id)
-        if worker is None:
+        if worker_id not in self._workers:
             raise UnknownWorker(worker_id)
-        return worker
+        return self._workers[worker_id]
 
     def _is_alive(self, worker: WorkerRecord) -> bool:
         """Not stopped, and seen (heartbeat or claim) within twice the lease."""
@@ -376,22 +376,15 @@ class MemoryBroker(Broker):
         with self._lock:
             return self._instance(instance_id).info(self._load)
 
-    def list_instances(
-        self,
-        status: Status | str | None = None,
-        workflow_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[InstanceInfo]:
-        wanted = Status(status) if status is not None else None
+    def instances_page(self, page: InstancePage) -> list[InstanceInfo]:
         with self._lock:
             found = [
                 i
                 for i in reversed(self._instances.values())
-                if (wanted is None or i.status is wanted)
-                and (workflow_id is None or i.workflow_id == workflow_id)
+                if (page.status is None or i.status is page.status)
+                and (page.workflow_id is None or i.workflow_id == page.workflow_id)
             ]
-            return [i.info(self._load) for i in found[offset : offset + limit]]
+            return [i.info(self._load) for i in found[page.offset : page.offset + page.limit]]
 
     def instance_events(self, instance_id: str) -> list[InstanceEvent]:
         with self._lock:

@@ -40,6 +40,13 @@ class StepRecord:
     def executions(self) -> int:
         return self.attempt - self.released
 
+    def info(self, load: Callable[[Any], Any]) -> StepInfo:
+        """As users see it: ``attempt`` counts executions (claims given back are not)."""
+        return StepInfo(
+            self.name, self.state, self.executions, load(self.result), self.error, self.worker_id,
+            self.started_at, self.finished_at, self.max_attempts,
+        )  # fmt: skip
+
 
 @dataclass
 class InstanceRecord:
@@ -71,20 +78,7 @@ class InstanceRecord:
             error=self.error,
             created_at=self.created_at,
             finished_at=self.finished_at,
-            steps=[
-                StepInfo(
-                    name=s.name,
-                    state=s.state,
-                    attempt=s.executions,
-                    result=load(s.result),
-                    error=s.error,
-                    worker_id=s.worker_id,
-                    started_at=s.started_at,
-                    finished_at=s.finished_at,
-                    max_attempts=s.max_attempts,
-                )
-                for s in self.steps.values()
-            ],
+            steps=[s.info(load) for s in self.steps.values()],
         )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ..broker.base import InstanceEvent, InstanceInfo, StepInfo
+from ..broker.base import Broker, InstanceEvent, InstanceInfo, StepInfo
+from ..broker.ids import instance_uuid
 from ..states import INSTANCE_STATES, Status
 from .common import console, duration, iso, open_broker, plain, print_json, styled, user_errors, when
 
@@ -19,6 +21,7 @@ instances_app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")]
+InstanceId = Annotated[str, typer.Argument(metavar="ID", help="The instance id.")]
 
 
 def instance_json(info: InstanceInfo) -> dict[str, Any]:
@@ -110,7 +113,7 @@ def list_(
 @instances_app.command()
 def show(
     ctx: typer.Context,
-    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
+    instance_id: InstanceId,
     json_output: JsonFlag = False,
 ) -> None:
     """Show an instance: inputs, result, every step and the event history.
@@ -120,7 +123,7 @@ def show(
     broker = open_broker(ctx)
     try:
         with user_errors():
-            info = broker.get_instance(_checked_id(instance_id))
+            info = broker.get_instance(instance_uuid(instance_id))
             events = broker.instance_events(info.instance_id)
     finally:
         broker.close()
@@ -166,38 +169,22 @@ def show(
 
 
 @instances_app.command()
-def cancel(
-    ctx: typer.Context,
-    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
-) -> None:
+def cancel(ctx: typer.Context, instance_id: InstanceId) -> None:
     """Cancel a RUNNING instance: steps not finished end CANCELLED; late reports are refused.
 
     Example: fuseline instances cancel 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
     """
-    broker = open_broker(ctx)
-    try:
-        with user_errors():
-            info = broker.cancel_instance(_checked_id(instance_id))
-    finally:
-        broker.close()
+    info = _change(ctx, lambda broker: broker.cancel_instance(instance_uuid(instance_id)))
     console.print(f"instance {info.instance_id} {styled(info.status)}", highlight=False)
 
 
 @instances_app.command()
-def retry(
-    ctx: typer.Context,
-    instance_id: Annotated[str, typer.Argument(metavar="ID", help="The instance id.")],
-) -> None:
+def retry(ctx: typer.Context, instance_id: InstanceId) -> None:
     """Run a FAILED or CANCELLED instance again from its failed and cancelled steps.
 
     Example: fuseline instances retry 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
     """
-    broker = open_broker(ctx)
-    try:
-        with user_errors():
-            info = broker.retry_instance(_checked_id(instance_id))
-    finally:
-        broker.close()
+    info = _change(ctx, lambda broker: broker.retry_instance(instance_uuid(instance_id)))
     queued = [s.name for s in info.steps if s.state is Status.QUEUED]
     console.print(
         f"instance {info.instance_id} {styled(info.status)} again; queued: {plain(', '.join(queued) or '-')}",
@@ -205,13 +192,11 @@ def retry(
     )
 
 
-def _checked_id(instance_id: str) -> str:
-    """Instance ids are UUIDs; anything else cannot exist (and must not reach SQL as a bad cast)."""
-    import uuid
-
-    from ..errors import UnknownInstance
-
+def _change(ctx: typer.Context, change: Callable[[Broker], InstanceInfo]) -> InstanceInfo:
+    """Apply one change to an instance through the configured database; a refusal is one line."""
+    broker = open_broker(ctx)
     try:
-        return str(uuid.UUID(instance_id))
-    except ValueError:
-        raise UnknownInstance(instance_id) from None
+        with user_errors():
+            return change(broker)
+    finally:
+        broker.close()

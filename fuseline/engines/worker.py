@@ -28,6 +28,7 @@ from ..errors import (
     ReportConflict,
     WorkerExpired,
 )
+from ..workflow.lifecycle import StepLifecycle
 from ..workflow.workflow import Workflow
 from .assignment import run_assignment
 from .heartbeat import Heartbeat
@@ -99,6 +100,8 @@ class Worker:
         self._stopping = threading.Event()
         self._beat = Heartbeat(client, lambda: self.worker_id, heartbeat_interval)
         self._warned_unknown: set[tuple[str, str, str]] = set()
+        #: This worker's ``before_all``/``after_all`` scope: each step prepared once, closed by close().
+        self._lifecycle = StepLifecycle()
         self._closed = False
 
     # -- the loop ------------------------------------------------------------------------
@@ -209,7 +212,8 @@ class Worker:
         self._stopping.set()
 
     def close(self) -> None:
-        """Run ``after_all`` hooks and deregister, so held steps are queued again at once.
+        """Run the ``after_all`` hooks of the steps this worker ran, and deregister, so held steps
+        are queued again at once.
 
         A ``work()`` still running elsewhere stops after its step in hand, and
         does not register again when the broker then refuses it as stopped.
@@ -218,12 +222,13 @@ class Worker:
             return
         self._closed = True
         self.stop()
-        for workflow in self.workflows.values():
-            workflow.close()
         try:
-            self.client.deregister_worker(self.worker_id)
-        except BrokerError as exc:
-            logger.warning("could not deregister worker %s: %s", self.worker_id, exc)
+            self._lifecycle.close()
+        finally:  # an after_all that raises must not keep the held steps from going back
+            try:
+                self.client.deregister_worker(self.worker_id)
+            except BrokerError as exc:
+                logger.warning("could not deregister worker %s: %s", self.worker_id, exc)
 
     # -- running -------------------------------------------------------------------------
     def _execute(self, assignment: StepAssignment) -> StepReport | None:
@@ -231,7 +236,7 @@ class Worker:
         workflow = self.workflows[(assignment.workflow_id, assignment.version)]
         self._beat.current = assignment
         try:
-            execution = run_assignment(workflow, assignment)
+            execution = run_assignment(workflow, assignment, self._lifecycle)
         finally:
             self._beat.current = None
         report = execution.report

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,15 +83,7 @@ def invoke_step(
     if step.is_async:
         return Outcome(run_coroutine(_invoke_async(step, shared_dict, kwargs, policies)))
     setup_res = step.setup(shared_dict)
-    if any(p.name == SETUP_PARAMETER for p in step.parameters):
-        kwargs[SETUP_PARAMETER] = setup_res
-
-    def call() -> Any:
-        return step._call_body(kwargs)
-
-    for policy in reversed(policies):
-        call = functools.partial(policy.execute, step, call)
-    result = call()
+    result = _wrapped(step, _with_setup(step, kwargs, setup_res), policies, asynchronous=False)()
     return Outcome(step.teardown(shared_dict, setup_res, result))
 
 
@@ -99,16 +91,28 @@ async def _invoke_async(
     step: Step, shared: dict[Step, Any], kwargs: dict[str, Any], policies: Sequence[StepPolicy]
 ) -> Any:
     setup_res = await maybe_await(step.setup(shared))
+    result = await _wrapped(step, _with_setup(step, kwargs, setup_res), policies, asynchronous=True)()
+    return await maybe_await(step.teardown(shared, setup_res, result))
+
+
+def _with_setup(step: Step, kwargs: dict[str, Any], setup_res: Any) -> dict[str, Any]:
+    """The arguments, with what ``setup`` returned when ``run_step`` asks for it."""
     if any(p.name == SETUP_PARAMETER for p in step.parameters):
         kwargs[SETUP_PARAMETER] = setup_res
+    return kwargs
+
+
+def _wrapped(
+    step: Step, kwargs: dict[str, Any], policies: Sequence[StepPolicy], *, asynchronous: bool
+) -> Callable[[], Any]:
+    """``run_step`` with the policies around it, the first outermost (``execute_async`` for async)."""
 
     def call() -> Any:
         return step._call_body(kwargs)
 
     for policy in reversed(policies):
-        call = functools.partial(policy.execute_async, step, call)
-    result = await call()
-    return await maybe_await(step.teardown(shared, setup_res, result))
+        call = functools.partial(policy.execute_async if asynchronous else policy.execute, step, call)
+    return call
 
 
 def describe_error(exc: BaseException) -> str:

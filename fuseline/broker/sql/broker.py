@@ -21,19 +21,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import BrokerError
-from ...states import Status
 from ...workflow.schema import WorkflowSchema
-from ..base import (
-    DEFAULT_LEASE_SECONDS,
-    DEFAULT_MAX_RESULT_BYTES,
-    Broker,
-    InstanceEvent,
-    InstanceInfo,
-    Lease,
-    StepAssignment,
-    StepReport,
-    WorkerInfo,
-)
+from .. import base as contract
 from . import migrate as schema_migrations
 from .claimfloor import ClaimFloors, NoFloors
 from .claiming import Claimer, OneStatementClaims, TransactionClaims
@@ -52,7 +41,7 @@ from .workers import WorkerRegistry
 ENGINE_OVERFLOW = 4
 
 
-class SqlBroker(Broker):
+class SqlBroker(contract.Broker):
     """The broker on a SQL database shared by any number of worker processes.
 
     ``url_or_engine`` is a database URL (``postgresql+psycopg://...`` or
@@ -71,8 +60,8 @@ class SqlBroker(Broker):
         self,
         url_or_engine: str | URL | Engine,
         *,
-        lease_seconds: float = DEFAULT_LEASE_SECONDS,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        lease_seconds: float = contract.DEFAULT_LEASE_SECONDS,
+        max_result_bytes: int = contract.DEFAULT_MAX_RESULT_BYTES,
         migrate: bool = False,
         listen: bool = True,
         connections: int = DEFAULT_CONNECTIONS,
@@ -194,13 +183,13 @@ class SqlBroker(Broker):
     def deregister_worker(self, worker_id: str) -> None:
         self._workers.deregister(worker_id)
 
-    def keep_alive(self, worker_id: str) -> list[Lease]:
+    def keep_alive(self, worker_id: str) -> list[contract.Lease]:
         return self._workers.keep_alive(worker_id)
 
-    def release_steps(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
+    def release_steps(self, worker_id: str, assignments: Sequence[contract.StepAssignment]) -> None:
         self._workers.release(worker_id, assignments)
 
-    def list_workers(self) -> list[WorkerInfo]:
+    def list_workers(self) -> list[contract.WorkerInfo]:
         return self._workers.list()
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -208,21 +197,23 @@ class SqlBroker(Broker):
         return self.db.wait_for_work(timeout)
 
     # -- claims and reports ----------------------------------------------------------------
-    def get_step(self, worker_id: str) -> StepAssignment | None:
+    def get_step(self, worker_id: str) -> contract.StepAssignment | None:
         claimed = self._claimer.claim(worker_id, 1)
         return claimed[0] if claimed else None
 
-    def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
+    def get_steps(self, worker_id: str, limit: int) -> list[contract.StepAssignment]:
         """The whole batch in one statement on PostgreSQL; one claim at a time elsewhere."""
         return self._claimer.claim(worker_id, max(1, limit))
 
-    def report_step(self, worker_id: str, report: StepReport) -> None:
+    def report_step(self, worker_id: str, report: contract.StepReport) -> None:
         self._reporter.report(worker_id, report)
 
-    def report_steps(self, worker_id: str, reports: Sequence[StepReport]) -> list[BrokerError | None]:
+    def report_steps(
+        self, worker_id: str, reports: Sequence[contract.StepReport]
+    ) -> list[BrokerError | None]:
         return self._reporter.report_many(worker_id, reports)
 
-    def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
+    def report_and_claim(self, worker_id: str, report: contract.StepReport) -> contract.StepAssignment | None:
         return self._reporter.report_and_claim(worker_id, report)
 
     # -- instances -------------------------------------------------------------------------
@@ -232,26 +223,20 @@ class SqlBroker(Broker):
     def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
         return self._instances.dispatch(schema, inputs)
 
-    def get_instance(self, instance_id: str) -> InstanceInfo:
+    def get_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.get(instance_id)
 
-    def list_instances(
-        self,
-        status: Status | str | None = None,
-        workflow_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-    ) -> list[InstanceInfo]:
-        return self._instances.list(status, workflow_id, limit, offset)
+    def instances_page(self, page: contract.InstancePage) -> list[contract.InstanceInfo]:
+        return self._instances.list(page)
 
-    def instance_events(self, instance_id: str) -> list[InstanceEvent]:
+    def instance_events(self, instance_id: str) -> list[contract.InstanceEvent]:
         return self._instances.history(instance_id)
 
     def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
         return self._instances.any_running(workflows)
 
-    def cancel_instance(self, instance_id: str) -> InstanceInfo:
+    def cancel_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.cancel(instance_id)
 
-    def retry_instance(self, instance_id: str) -> InstanceInfo:
+    def retry_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.retry(instance_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -35,13 +36,13 @@ class ClaimSource(Protocol):
         """Up to ``limit`` steps of these workflows, in queue order; none for a dead worker."""
 
 
+@dataclass
 class OneStatementClaims:
     """PostgreSQL: the claim statements of :mod:`.pg_statements`, each one round trip."""
 
-    def __init__(self, db: PostgresDatabase, lease_seconds: float, dead_after: float) -> None:
-        self.db = db
-        self.lease_seconds = lease_seconds
-        self.dead_after = dead_after
+    db: PostgresDatabase
+    lease_seconds: float
+    dead_after: float
 
     def params(self, worker_id: str, keys: Sequence[Key], floors: Floors) -> dict[str, Any]:
         """Parameters of the claim statements: one workflow, or parallel arrays for several."""
@@ -74,24 +75,16 @@ class OneStatementClaims:
         return [ClaimRow.of(row) for row in self.db.rows(sql, params)]
 
 
+@dataclass
 class TransactionClaims:
     """The general path: claim, read the inputs and results, log, in one transaction per claim."""
 
-    def __init__(
-        self,
-        db: Database,
-        claims: ClaimQueries,
-        workers: WorkerQueries,
-        events: EventQueries,
-        lease_seconds: float,
-        dead_after: float,
-    ) -> None:
-        self.db = db
-        self.q = claims
-        self.workers = workers
-        self.events = events
-        self.lease_seconds = lease_seconds
-        self.dead_after = dead_after
+    db: Database
+    claims: ClaimQueries
+    workers: WorkerQueries
+    events: EventQueries
+    lease_seconds: float
+    dead_after: float
 
     def claim(self, worker_id: str, keys: Sequence[Key], floors: Floors, limit: int) -> list[ClaimRow]:
         claimed: list[ClaimRow] = []
@@ -105,10 +98,10 @@ class TransactionClaims:
     def _claim_one(self, worker_id: str, keys: Sequence[Key]) -> ClaimRow | None:
         params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         if len(keys) == 1:
-            statement = self.q.step_claim_one_workflow
+            statement = self.claims.step_claim_one_workflow
             params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
         else:
-            statement = self.q.step_claim_many_workflows
+            statement = self.claims.step_claim_many_workflows
             params["p_keys"] = list(keys)
         with self.db.transaction() as conn:
             alive = {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
@@ -118,12 +111,14 @@ class TransactionClaims:
             row = conn.execute(statement, params).first()
             if row is None:
                 return None
-            inputs = conn.execute(self.q.instance_inputs, {"p_instance_id": row.instance_id}).scalar_one()
+            inputs = conn.execute(
+                self.claims.instance_inputs, {"p_instance_id": row.instance_id}
+            ).scalar_one()
             names = json.loads(row.inputs_from) if row.inputs_from else []
             results: dict[str, str | None] = {}
             if names:
                 found = conn.execute(
-                    self.q.step_results, {"p_instance_id": row.instance_id, "p_names": names}
+                    self.claims.step_results, {"p_instance_id": row.instance_id, "p_names": names}
                 )
                 results = {r.name: r.result for r in found}
             history = History()
@@ -145,22 +140,15 @@ class TransactionClaims:
         )
 
 
+@dataclass
 class Claimer:
     """Hands queued steps to a worker: reaping when due, from the floors on, refusing the dead."""
 
-    def __init__(
-        self,
-        source: ClaimSource,
-        floors: ClaimFloors,
-        reaper: Reaper,
-        workers: WorkerRegistry,
-        held: HeldLeases,
-    ) -> None:
-        self.source = source
-        self.floors = floors
-        self.reaper = reaper
-        self.workers = workers
-        self.held = held
+    source: ClaimSource
+    floors: ClaimFloors
+    reaper: Reaper
+    workers: WorkerRegistry
+    held: HeldLeases
 
     def claim(self, worker_id: str, limit: int) -> list[StepAssignment]:
         """Up to ``limit`` steps for the worker, in queue order; WorkerExpired if it is dead."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -43,9 +43,20 @@ class Database(ABC):
         self.dialect_name: str = engine.dialect.name
         self._announce = event_queries.for_dialect(self.dialect_name).work_announce
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction on a Connection, committed when the block ends."""
+        try:
+            with self._begin() as connection:
+                yield connection
+        except DBAPIError as exc:
+            raise self.translate(exc) from None
+        except BudgetExhausted as exc:
+            raise DatabaseUnavailable(f"database busy on {self.url}: {exc}") from None
+
     @abstractmethod
-    def transaction(self) -> Any:
-        """A context manager: one transaction on a Connection, committed at the end."""
+    def _begin(self) -> AbstractContextManager[Connection]:
+        """Where a transaction runs: a Connection inside ``begin()``."""
 
     def announce_work(self, conn: Connection) -> None:
         """Wake idle workers when this transaction commits (PostgreSQL's NOTIFY; a no-op elsewhere)."""
@@ -74,13 +85,8 @@ class Database(ABC):
 class SqliteDatabase(Database):
     """SQLite: a transaction per operation on the engine's pool; idle workers poll often."""
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except DBAPIError as exc:
-            raise self.translate(exc) from None
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return self.engine.begin()
 
     def wait_for_work(self, timeout: float) -> bool:
         # A claim on a local file is cheap: poll often instead of waiting out the interval.
@@ -96,15 +102,8 @@ class PostgresDatabase(Database):
         self.budget = ConnectionBudget(engine, connections)
         self.listener = WorkListener(engine) if listen else None
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        try:
-            with self.budget.transaction() as connection:
-                yield connection
-        except DBAPIError as exc:
-            raise self.translate(exc) from None
-        except BudgetExhausted as exc:
-            raise DatabaseUnavailable(f"database busy on {self.url}: {exc}") from None
+    def _begin(self) -> AbstractContextManager[Connection]:
+        return self.budget.transaction()
 
     def rows(self, sql: str, params: dict[str, Any]) -> Rows:
         """Run one statement in autocommit mode (its own transaction); its rows."""

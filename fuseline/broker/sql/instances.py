@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row
+from sqlalchemy import Connection, Row
 
 from ...errors import InvalidTransition, UnknownInstance
 from ...states import EventKind, Status
 from ...workflow.schema import WorkflowSchema
 from .. import codec
-from ..base import InstanceEvent, InstanceInfo
+from ..base import InstanceEvent, InstanceInfo, InstancePage
 from ..dag import WorkflowPlan
 from ..ids import instance_uuid, new_id
 from . import pg_statements
@@ -25,11 +26,11 @@ from .rows import aware, instance_info
 from .rules import InstanceRules
 
 
+@dataclass
 class OneStatementDispatch:
     """PostgreSQL: create instances, their steps and events in one statement."""
 
-    def __init__(self, db: PostgresDatabase) -> None:
-        self.db = db
+    db: PostgresDatabase
 
     def dispatch(self, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
         roots = set(plan.roots)
@@ -47,24 +48,18 @@ class OneStatementDispatch:
         )
 
 
+@dataclass
 class Instances:
-    def __init__(
-        self,
-        db: Database,
-        queries: InstanceQueries,
-        reports: ReportQueries,
-        events: EventQueries,
-        rules: InstanceRules,
-        plans: PlanCache,
-        one_statement: OneStatementDispatch | None,
-    ) -> None:
-        self.db = db
-        self.q = queries
-        self.reports = reports
-        self.events = events
-        self.rules = rules
-        self.plans = plans
-        self.one_statement = one_statement
+    """Dispatching, reading, cancelling and retrying instances."""
+
+    db: Database
+    queries: InstanceQueries
+    reports: ReportQueries
+    events: EventQueries
+    rules: InstanceRules
+    plans: PlanCache
+    #: PostgreSQL's one-statement dispatch; None where there is none.
+    one_statement: OneStatementDispatch | None
 
     # -- dispatch ------------------------------------------------------------------------
     def dispatch(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -82,7 +77,7 @@ class Instances:
         self.plans.remember(plans)
         return ids
 
-    def _insert(self, conn: Any, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
+    def _insert(self, conn: Connection, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
         roots = set(plan.roots)
         history = History()
         instance_rows, queued_rows, pending_rows = [], [], []
@@ -104,10 +99,10 @@ class Instances:
                     history.add(instance_id, EventKind.QUEUED, name)
                 else:
                     pending_rows.append(row)
-        conn.execute(self.q.instance_insert, instance_rows)
-        conn.execute(self.q.steps_insert_queued, queued_rows)
+        conn.execute(self.queries.instance_insert, instance_rows)
+        conn.execute(self.queries.steps_insert_queued, queued_rows)
         if pending_rows:
-            conn.execute(self.q.steps_insert_pending, pending_rows)
+            conn.execute(self.queries.steps_insert_pending, pending_rows)
         history.write(conn, self.events)
         self.db.announce_work(conn)
 
@@ -115,22 +110,21 @@ class Instances:
     def get(self, instance_id: str) -> InstanceInfo:
         instance_id = instance_uuid(instance_id)
         with self.db.transaction() as conn:
-            row = conn.execute(self.q.instance_get, {"p_instance_id": instance_id}).first()
+            row = conn.execute(self.queries.instance_get, {"p_instance_id": instance_id}).first()
             if row is None:
                 raise UnknownInstance(instance_id)
-            step_rows = conn.execute(self.q.steps_of_instances, {"p_instance_ids": [instance_id]}).all()
+            step_rows = conn.execute(self.queries.steps_of_instances, {"p_instance_ids": [instance_id]}).all()
         return instance_info(row, step_rows)
 
-    def list(
-        self, status: Status | str | None, workflow_id: str | None, limit: int, offset: int
-    ) -> list[InstanceInfo]:
-        wanted = Status(status).value if status is not None else None
+    def list(self, page: InstancePage) -> list[InstanceInfo]:
+        status = page.status.value if page.status is not None else None
+        query = self.queries.instances_page(status, page.workflow_id, page.limit, page.offset)
         with self.db.transaction() as conn:
-            rows = conn.execute(self.q.instances_page(wanted, workflow_id, limit, offset)).all()
+            rows = conn.execute(query).all()
             if not rows:
                 return []
             step_rows = conn.execute(
-                self.q.steps_of_instances, {"p_instance_ids": [r.id for r in rows]}
+                self.queries.steps_of_instances, {"p_instance_ids": [r.id for r in rows]}
             ).all()
         by_instance: dict[str, list[Row[Any]]] = {}
         for s in step_rows:
@@ -140,7 +134,7 @@ class Instances:
     def history(self, instance_id: str) -> list[InstanceEvent]:
         instance_id = instance_uuid(instance_id)
         with self.db.transaction() as conn:
-            if conn.execute(self.q.instance_exists, {"p_instance_id": instance_id}).first() is None:
+            if conn.execute(self.queries.instance_exists, {"p_instance_id": instance_id}).first() is None:
                 raise UnknownInstance(instance_id)
             rows = conn.execute(self.events.events_of_instance, {"p_instance_id": instance_id}).all()
         return [
@@ -156,27 +150,33 @@ class Instances:
         ]
 
     def any_running(self, workflows: Sequence[tuple[str, str]] | None) -> bool:
-        query, params = self.q.instance_any_running, {}
+        query, params = self.queries.instance_any_running, {}
         if workflows is not None:
             if not workflows:
                 return False
-            query, params = self.q.instance_any_running_of, {"p_keys": list(workflows)}
+            query, params = self.queries.instance_any_running_of, {"p_keys": list(workflows)}
         with self.db.transaction() as conn:
             return conn.execute(query, params).first() is not None
 
     # -- cancel and retry ----------------------------------------------------------------
+    def _lock(self, conn: Connection, instance_id: str, allowed: tuple[Status, ...], rule: str) -> Row[Any]:
+        """Take the instance lock; UnknownInstance, or InvalidTransition (saying ``rule``) unless
+        the instance is in one of the ``allowed`` states."""
+        locked = conn.execute(self.reports.instance_lock, {"p_instance_id": instance_id}).first()
+        if locked is None:
+            raise UnknownInstance(instance_id)
+        if Status(locked.status) not in allowed:
+            raise InvalidTransition(f"instance {instance_id!r} is {locked.status}; {rule}")
+        return locked
+
     def cancel(self, instance_id: str) -> InstanceInfo:
         instance_id = instance_uuid(instance_id)
         history = History()
         with self.db.transaction() as conn:
-            locked = conn.execute(self.reports.instance_lock, {"p_instance_id": instance_id}).first()
-            if locked is None:
-                raise UnknownInstance(instance_id)
-            if locked.status != Status.RUNNING.value:
-                raise InvalidTransition(
-                    f"instance {instance_id!r} is {locked.status}; only RUNNING instances can be cancelled"
-                )
-            cancelled = conn.execute(self.q.steps_cancel_unfinished, {"p_instance_id": instance_id}).all()
+            self._lock(conn, instance_id, (Status.RUNNING,), "only RUNNING instances can be cancelled")
+            cancelled = conn.execute(
+                self.queries.steps_cancel_unfinished, {"p_instance_id": instance_id}
+            ).all()
             conn.execute(
                 self.reports.instance_finish,
                 {
@@ -196,25 +196,23 @@ class Instances:
         instance_id = instance_uuid(instance_id)
         history = History()
         with self.db.transaction() as conn:
-            locked = conn.execute(self.reports.instance_lock, {"p_instance_id": instance_id}).first()
-            if locked is None:
-                raise UnknownInstance(instance_id)
-            if locked.status not in (Status.FAILED.value, Status.CANCELLED.value):
-                raise InvalidTransition(
-                    f"instance {instance_id!r} is {locked.status}; only FAILED or CANCELLED "
-                    "instances can be retried"
-                )
+            locked = self._lock(
+                conn,
+                instance_id,
+                (Status.FAILED, Status.CANCELLED),
+                "only FAILED or CANCELLED instances can be retried",
+            )
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
-            names = list(conn.execute(self.q.steps_broken, {"p_instance_id": instance_id}).scalars())
+            names = list(conn.execute(self.queries.steps_broken, {"p_instance_id": instance_id}).scalars())
             if names:
                 conn.execute(
-                    self.q.step_reset_for_retry,
+                    self.queries.step_reset_for_retry,
                     [
                         {"p_instance_id": instance_id, "p_name": n, "p_budget": plan.nodes[n].max_attempts}
                         for n in names
                     ],
                 )
-            conn.execute(self.q.instance_reopen, {"p_instance_id": instance_id})
+            conn.execute(self.queries.instance_reopen, {"p_instance_id": instance_id})
             history.add(instance_id, EventKind.RETRIED)
             order = {name: i for i, name in enumerate(plan.order)}
             self.rules.advance(conn, instance_id, plan, sorted(names, key=order.__getitem__), history)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from sqlalchemy import Row
 
@@ -76,6 +77,7 @@ class HeldLeases:
             self._held.get(worker_id, set()).difference_update(renewed - kept)
 
 
+@dataclass
 class Reaper:
     """Queues again the steps whose lease expired, and fails those on their last attempt.
 
@@ -86,26 +88,16 @@ class Reaper:
     first always wins.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        leases: LeaseQueries,
-        reports: ReportQueries,
-        events: EventQueries,
-        rules: InstanceRules,
-        plans: PlanCache,
-        floors: ClaimFloors,
-        interval: float,
-    ) -> None:
-        self.db = db
-        self.q = leases
-        self.reports = reports
-        self.events = events
-        self.rules = rules
-        self.plans = plans
-        self.floors = floors
-        self.interval = interval
-        self._next = 0.0
+    db: Database
+    leases: LeaseQueries
+    reports: ReportQueries
+    events: EventQueries
+    rules: InstanceRules
+    plans: PlanCache
+    floors: ClaimFloors
+    #: Seconds between reaper passes.
+    interval: float
+    _next: float = field(default=0.0, init=False)
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
@@ -127,15 +119,15 @@ class Reaper:
         self._next = time.monotonic() + self.interval
         history = History()
         with self.db.transaction() as conn:
-            expired = conn.execute(self.q.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
+            expired = conn.execute(self.leases.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
             if expired:
-                conn.execute(self.q.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
+                conn.execute(self.leases.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
                 self.floors.lower([(r.workflow_id, r.version, aware(r.available_at)) for r in expired])
                 self.db.announce_work(conn)
                 for r in expired:
                     history.add(r.instance_id, EventKind.LEASE_EXPIRED, r.name, r.attempt, r.worker_id)
                 history.write(conn, self.events)
-            final = conn.execute(self.q.steps_expired_final, {"p_limit": REAP_BATCH}).all()
+            final = conn.execute(self.leases.steps_expired_final, {"p_limit": REAP_BATCH}).all()
         for row in final:
             self._fail_lost_step(row)
         return len(expired) + len(final)
@@ -147,7 +139,7 @@ class Reaper:
             if locked is None:
                 return
             failed = conn.execute(
-                self.q.step_fail_if_expired,
+                self.leases.step_fail_if_expired,
                 {"p_id": row.id, "p_attempt": row.attempt, "p_error": WORKER_LOST},
             ).first()
             if failed is None:

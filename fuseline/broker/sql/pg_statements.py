@@ -173,6 +173,12 @@ _SUCCEED_IF_HELD = """
         RETURNING instance_id, attempt
     )"""
 
+#: The history line of the success ``done`` accepted.
+_LOG_SUCCESS = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
+        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid)
+          FROM done"""  # noqa: S608
+
 #: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
 #: idle workers (this worker takes one successor itself).
 step_succeed_and_queue = f"""
@@ -188,10 +194,7 @@ step_succeed_and_queue = f"""
         RETURNING s.instance_id, s.name
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
-               CAST(%(p_worker_id)s AS uuid)
-          FROM done
+        {_LOG_SUCCESS}
         UNION ALL
         SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL FROM queued
     ),
@@ -213,10 +216,7 @@ step_succeed_and_finish = f"""
         RETURNING i.id
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
-               CAST(%(p_worker_id)s AS uuid)
-          FROM done
+        {_LOG_SUCCESS}
         UNION ALL
         SELECT id, clock_timestamp(), '{_INSTANCE_SUCCEEDED}', NULL, NULL, NULL FROM finished
     )

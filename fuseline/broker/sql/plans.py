@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection
 
@@ -14,13 +15,13 @@ from .queries.definitions import DefinitionQueries
 Key = tuple[str, str]
 
 
+@dataclass
 class PlanCache:
     """The plans this broker has stored or read. Definitions never change under a key (a
     changed one is refused), so a cached plan never goes stale."""
 
-    def __init__(self, queries: DefinitionQueries) -> None:
-        self.q = queries
-        self._plans: dict[Key, WorkflowPlan] = {}
+    queries: DefinitionQueries
+    _plans: dict[Key, WorkflowPlan] = field(default_factory=dict, init=False)
 
     def cached(self, key: Key) -> WorkflowPlan | None:
         return self._plans.get(key)
@@ -40,7 +41,7 @@ class PlanCache:
                 plans[schema.key] = known
                 continue
             conn.execute(
-                self.q.workflow_insert,
+                self.queries.workflow_insert,
                 {
                     "workflow_id": schema.workflow_id,
                     "version": schema.version,
@@ -49,7 +50,7 @@ class PlanCache:
                 },
             )
             stored = conn.execute(
-                self.q.workflow_get, {"p_workflow_id": schema.workflow_id, "p_version": schema.version}
+                self.queries.workflow_get, {"p_workflow_id": schema.workflow_id, "p_version": schema.version}
             ).one()
             if stored.schema_hash != schema.hash:
                 raise SchemaConflict(schema.workflow_id, schema.version)
@@ -63,7 +64,9 @@ class PlanCache:
         """The plan of a stored definition; UnknownWorkflow if there is none."""
         plan = self._plans.get(key)
         if plan is None:
-            row = conn.execute(self.q.workflow_get, {"p_workflow_id": key[0], "p_version": key[1]}).first()
+            row = conn.execute(
+                self.queries.workflow_get, {"p_workflow_id": key[0], "p_version": key[1]}
+            ).first()
             if row is None:
                 raise UnknownWorkflow(*key)
             plan = WorkflowPlan(WorkflowSchema.from_json(row.definition))

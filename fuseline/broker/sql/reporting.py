@@ -97,12 +97,12 @@ class PreparedReport:
         )
 
 
+@dataclass
 class OneStatementReports:
     """PostgreSQL: successes as single statements, alone, in a batch, or followed by a claim."""
 
-    def __init__(self, db: PostgresDatabase, claims: OneStatementClaims) -> None:
-        self.db = db
-        self.claims = claims
+    db: PostgresDatabase
+    claims: OneStatementClaims
 
     def succeed(self, prepared: PreparedReport) -> bool:
         """Accept a success; False if the worker does not hold the step (nothing changed)."""
@@ -153,32 +153,21 @@ class OneStatementReports:
         return bool(reported), ClaimRow.of(claimed[0]) if claimed else None
 
 
+@dataclass
 class Reporter:
     """Records the reports of workers: the one-statement path where it applies, else the general one."""
 
-    def __init__(
-        self,
-        db: Database,
-        queries: ReportQueries,
-        events: EventQueries,
-        rules: InstanceRules,
-        plans: PlanCache,
-        workers: WorkerRegistry,
-        held: HeldLeases,
-        claimer: Claimer,
-        one_statement: OneStatementReports | None,
-        max_result_bytes: int,
-    ) -> None:
-        self.db = db
-        self.q = queries
-        self.events = events
-        self.rules = rules
-        self.plans = plans
-        self.workers = workers
-        self.held = held
-        self.claimer = claimer
-        self.one_statement = one_statement
-        self.max_result_bytes = max_result_bytes
+    db: Database
+    queries: ReportQueries
+    events: EventQueries
+    rules: InstanceRules
+    plans: PlanCache
+    workers: WorkerRegistry
+    held: HeldLeases
+    claimer: Claimer
+    #: PostgreSQL's one-statement successes; None where there are none (SQLite, fast_paths=False).
+    one_statement: OneStatementReports | None
+    max_result_bytes: int
 
     def prepare(self, worker_id: str, report: StepReport) -> PreparedReport:
         state = reported_state(report)
@@ -288,7 +277,7 @@ class Reporter:
         report, worker_id, state = prepared.report, prepared.worker_id, prepared.state
         history = History()
         with self.db.transaction() as conn:
-            locked = conn.execute(self.q.instance_lock, {"p_instance_id": report.instance_id}).first()
+            locked = conn.execute(self.queries.instance_lock, {"p_instance_id": report.instance_id}).first()
             if locked is None:
                 raise UnknownInstance(report.instance_id)
             if report.workflow_id != locked.workflow_id:
@@ -309,10 +298,10 @@ class Reporter:
                 "p_action": action,
             }
             if report.attempt is None:
-                held = conn.execute(self.q.step_finish_if_held_any_attempt, params).first()
+                held = conn.execute(self.queries.step_finish_if_held_any_attempt, params).first()
             else:
                 held = conn.execute(
-                    self.q.step_finish_if_held, {**params, "p_attempt": report.attempt}
+                    self.queries.step_finish_if_held, {**params, "p_attempt": report.attempt}
                 ).first()
             if held is None:
                 self._check_replay(conn, prepared)
@@ -333,7 +322,7 @@ class Reporter:
         """A report the lease guard refused: an exact replay is fine, anything else is not."""
         report, worker_id, state = prepared.report, prepared.worker_id, prepared.state
         row = conn.execute(
-            self.q.step_get, {"p_instance_id": report.instance_id, "p_name": report.step_name}
+            self.queries.step_get, {"p_instance_id": report.instance_id, "p_name": report.step_name}
         ).one()
         current = Status(row.state)
         if row.reported_by == worker_id and report.attempt in (None, row.attempt):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
@@ -20,15 +21,14 @@ from .queries.reports import ReportQueries
 from .rows import aware
 
 
+@dataclass
 class InstanceRules:
     """Moves an instance forward after one of its steps changed."""
 
-    def __init__(
-        self, reports: ReportQueries, claims: ClaimQueries, announce_work: Callable[[Connection], None]
-    ) -> None:
-        self.q = reports
-        self.claims = claims
-        self._announce_work = announce_work
+    reports: ReportQueries
+    claims: ClaimQueries
+    #: Wakes idle workers when the transaction commits (the database's NOTIFY, if it has one).
+    announce_work: Callable[[Connection], None]
 
     def advance(
         self,
@@ -45,7 +45,7 @@ class InstanceRules:
         ``reporter_claims_next`` says a worker will claim again right after this
         (it takes one queued step itself, so others are woken only for a fan-out).
         """
-        rows = conn.execute(self.q.steps_views, {"p_instance_id": instance_id}).all()
+        rows = conn.execute(self.reports.steps_views, {"p_instance_id": instance_id}).all()
         views = {r.name: StepView(Status(r.state), r.action, aware(r.finished_at)) for r in rows}
         progress = plan.settle(views, candidates)
         self._apply(conn, instance_id, progress, history, reporter_claims_next=reporter_claims_next)
@@ -64,7 +64,7 @@ class InstanceRules:
     ) -> None:
         if progress.queued:
             conn.execute(
-                self.q.step_queue_if_pending,
+                self.reports.step_queue_if_pending,
                 [
                     {
                         "p_instance_id": instance_id,
@@ -77,11 +77,11 @@ class InstanceRules:
             for name in progress.queued:
                 history.add(instance_id, EventKind.QUEUED, name)
             if len(progress.queued) > 1 or not reporter_claims_next:
-                self._announce_work(conn)
+                self.announce_work(conn)
         for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
             if names:
                 conn.execute(
-                    self.q.steps_close_if_pending,
+                    self.reports.steps_close_if_pending,
                     {"p_instance_id": instance_id, "p_names": names, "p_state": state.value},
                 )
                 for name in names:
@@ -101,11 +101,11 @@ class InstanceRules:
             parts = [texts.get(name) or "null" for name in plan.outputs]
             result = parts[0] if len(parts) == 1 else "[" + ",".join(parts) + "]"
         else:
-            failure = conn.execute(self.q.step_first_failure, {"p_instance_id": instance_id}).first()
+            failure = conn.execute(self.reports.step_first_failure, {"p_instance_id": instance_id}).first()
             if failure is not None:
                 error = f"step {failure.name!r} failed: {failure.error}"
         finished = conn.execute(
-            self.q.instance_finish,
+            self.reports.instance_finish,
             {"p_instance_id": instance_id, "p_status": outcome.value, "p_result": result, "p_error": error},
         )
         if finished.rowcount == 1:

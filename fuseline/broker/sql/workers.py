@@ -8,6 +8,7 @@ import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import Connection
@@ -32,6 +33,7 @@ KEYS_CACHE_SIZE = 1024
 Key = tuple[str, str]
 
 
+@dataclass
 class WorkerRegistry:
     """The workers of one database, as this broker sees and serves them.
 
@@ -41,26 +43,20 @@ class WorkerRegistry:
     registers again.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        queries: WorkerQueries,
-        leases: LeaseQueries,
-        events: EventQueries,
-        plans: PlanCache,
-        held: HeldLeases,
-        lease_seconds: float,
-    ) -> None:
-        self.db = db
-        self.q = queries
-        self.leases = leases
-        self.events = events
-        self.plans = plans
-        self.held = held
-        self.lease_seconds = lease_seconds
-        self.dead_after = 2 * lease_seconds
-        self._keys: OrderedDict[str, list[Key]] = OrderedDict()
-        self._keys_lock = threading.Lock()  # heartbeats run on their own thread
+    db: Database
+    queries: WorkerQueries
+    leases: LeaseQueries
+    events: EventQueries
+    plans: PlanCache
+    held: HeldLeases
+    lease_seconds: float
+    _keys: OrderedDict[str, list[Key]] = field(default_factory=OrderedDict, init=False)
+    _keys_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # heartbeats: own thread
+
+    @property
+    def dead_after(self) -> float:
+        """Seconds without a heartbeat or claim after which the worker is dead: two leases."""
+        return 2 * self.lease_seconds
 
     def register(self, schemas: Sequence[WorkflowSchema], host: str | None, pid: int | None) -> str:
         worker_id = new_id()
@@ -68,7 +64,7 @@ class WorkerRegistry:
         with self.db.transaction() as conn:
             plans = self.plans.store(conn, schemas)
             conn.execute(
-                self.q.worker_insert,
+                self.queries.worker_insert,
                 {
                     "id": worker_id,
                     "host": host or socket.gethostname(),
@@ -90,7 +86,7 @@ class WorkerRegistry:
                 return keys
         worker_uuid(worker_id)
         with self.db.transaction() as conn:
-            row = conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).first()
+            row = conn.execute(self.queries.worker_get, {"p_worker_id": worker_id}).first()
         if row is None:
             raise UnknownWorker(worker_id)
         keys = [(k[0], k[1]) for k in json.loads(row.workflows)]
@@ -112,7 +108,7 @@ class WorkerRegistry:
         worker_uuid(worker_id)
         history = History()
         with self.db.transaction() as conn:
-            if conn.execute(self.q.worker_stop, {"p_worker_id": worker_id}).rowcount == 0:
+            if conn.execute(self.queries.worker_stop, {"p_worker_id": worker_id}).rowcount == 0:
                 raise UnknownWorker(worker_id)
             released = conn.execute(self.leases.steps_release_of_worker, {"p_worker_id": worker_id}).all()
             if released:
@@ -130,7 +126,7 @@ class WorkerRegistry:
         handed = self.held.snapshot(worker_id)
         params = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         with self.db.transaction() as conn:
-            beat = conn.execute(self.q.worker_heartbeat, {**params, "p_dead_after": self.dead_after})
+            beat = conn.execute(self.queries.worker_heartbeat, {**params, "p_dead_after": self.dead_after})
             if beat.rowcount == 0:
                 self._refuse(conn, worker_id)
             if handed is None:
@@ -148,14 +144,14 @@ class WorkerRegistry:
         """Raise UnknownWorker or WorkerExpired unless the worker may claim."""
         with self.db.transaction() as conn:
             alive = conn.execute(
-                self.q.worker_is_alive, {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
+                self.queries.worker_is_alive, {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
             ).first()
             if alive is None:
                 self._refuse(conn, worker_id)
 
     def _refuse(self, conn: Connection, worker_id: str) -> None:
         """Why a worker may not claim or beat: it is unknown, stopped, or silent too long."""
-        row = conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).first()
+        row = conn.execute(self.queries.worker_get, {"p_worker_id": worker_id}).first()
         if row is None:
             raise UnknownWorker(worker_id)
         self._forget_keys(worker_id)
@@ -169,7 +165,7 @@ class WorkerRegistry:
     def exists(self, conn: Connection, worker_id: str) -> bool:
         if worker_id in self._keys:
             return True
-        return conn.execute(self.q.worker_get, {"p_worker_id": worker_id}).first() is not None
+        return conn.execute(self.queries.worker_get, {"p_worker_id": worker_id}).first() is not None
 
     def release(self, worker_id: str, assignments: Sequence[StepAssignment]) -> None:
         """Queue again steps the worker claimed but will not run; each attempt is refunded."""
@@ -200,8 +196,8 @@ class WorkerRegistry:
 
     def list(self) -> list[WorkerInfo]:
         with self.db.transaction() as conn:
-            rows = conn.execute(self.q.workers_list).all()
-            running = conn.execute(self.q.steps_running).all() if rows else []
+            rows = conn.execute(self.queries.workers_list).all()
+            running = conn.execute(self.queries.steps_running).all() if rows else []
         held: dict[str, list[str]] = {}
         for r in running:
             held.setdefault(str(r.worker_id), []).append(f"{r.instance_id}/{r.name}")

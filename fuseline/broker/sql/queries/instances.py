@@ -11,6 +11,11 @@ from ..dialects import Dialect, dialect_of
 from ..models import instances, steps
 
 RUNNING = Status.RUNNING.value
+#: What a step's retry clears: its outcome, the lease of its last attempt, its timestamps.
+_CLEARED_BY_RETRY = (
+    *("result", "error", "action", "inputs_from", "worker_id", "reported_by"),
+    *("lease_expires_at", "started_at", "finished_at"),
+)
 
 
 class InstanceQueries:
@@ -64,15 +69,7 @@ class InstanceQueries:
             .values(
                 state=Status.PENDING.value,
                 max_attempts=steps.c.attempt - steps.c.released + bindparam("p_budget"),
-                result=None,
-                error=None,
-                action=None,
-                inputs_from=None,
-                worker_id=None,
-                reported_by=None,
-                lease_expires_at=None,
-                started_at=None,
-                finished_at=None,
+                **dict.fromkeys(_CLEARED_BY_RETRY),
             )
         )
         self.instance_reopen: Update = (
