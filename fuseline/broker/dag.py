@@ -27,6 +27,7 @@ The rules (README, "What the broker guarantees"):
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ class FastReport:
     consumers: tuple[str, ...] = ()
     #: Whether this success finishes the instance (result: this step's result).
     finalizes: bool = False
+    #: What its consumers record as the predecessors they take results from: this step alone
+    #: (JSON, computed once here rather than per report).
+    consumed_as: str = field(default="", compare=False)
 
 
 class _Verdict(Enum):
@@ -161,7 +165,7 @@ class WorkflowPlan:
             if node.successors:
                 if all(self.nodes[t].slots == ((name,),) for t in node.successors):
                     consumers = tuple(t for t in node.successors if name in self.nodes[t].consumes)
-                    fast[name] = FastReport(queue=node.successors, consumers=consumers)
+                    fast[name] = FastReport(node.successors, consumers, consumed_as=json.dumps([name]))
             elif (
                 not has_or_groups  # without OR joins, every ancestor is final when a step runs
                 and self.outputs == (name,)

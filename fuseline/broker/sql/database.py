@@ -132,8 +132,11 @@ class PostgresDatabase(Database):
 
     def _on_a_connection(self, work: Callable[[psycopg.Connection], Any]) -> Any:
         try:
-            with self.budget.lend() as connection:
+            connection = self.budget.take()
+            try:
                 return work(connection.connection.driver_connection)
+            finally:
+                self.budget.give_back(connection)
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         except BudgetExhausted as exc:

@@ -66,15 +66,24 @@ class ConnectionBudget:
     @contextmanager
     def lend(self) -> Iterator[Connection]:
         """A connection for this thread alone, until the block ends."""
+        connection = self.take()
+        try:
+            yield connection
+        finally:
+            self.give_back(connection)
+
+    def take(self) -> Connection:
+        """A connection for this thread alone until :meth:`give_back` (the hot path's form of
+        :meth:`lend`)."""
         if getattr(self._borrowing, "active", False):
             raise RuntimeError("a thread may hold one broker connection at a time (nested use)")
         connection = self._take()
         self._borrowing.active = True
-        try:
-            yield connection
-        finally:
-            self._borrowing.active = False
-            self._give_back(connection)
+        return connection
+
+    def give_back(self, connection: Connection) -> None:
+        self._borrowing.active = False
+        self._give_back(connection)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

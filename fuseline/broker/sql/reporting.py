@@ -11,7 +11,6 @@ explains the refusal.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,7 @@ _BATCH_ARRAYS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PreparedReport:
     """A report checked and encoded once, whichever path then records it."""
 
@@ -84,7 +83,7 @@ class PreparedReport:
             params.update(
                 p_queue=list(self.fast.queue),
                 p_consumers=list(self.fast.consumers),
-                p_inputs_from=json.dumps([report.step_name]),
+                p_inputs_from=self.fast.consumed_as,
             )
         return params
 
@@ -122,12 +121,11 @@ class OneStatementReports:
             arrays["p_attempts"].append(report.attempt)
             arrays["p_results"].append(prepared.result)
             arrays["p_finishes"].append(fast.finalizes)
-            inputs_from = json.dumps([report.step_name])
             for successor in fast.queue:
                 arrays["p_q_ns"].append(n)
                 arrays["p_q_names"].append(successor)
                 arrays["p_q_consumers"].append(successor in fast.consumers)
-                arrays["p_q_inputs_from"].append(inputs_from)
+                arrays["p_q_inputs_from"].append(fast.consumed_as)
         rows = self.db.rows(pg_statements.steps_succeed_batch, {"p_worker_id": batch[0].worker_id, **arrays})
         accepted = {row[0] for row in rows}
         return [n in accepted for n in range(len(batch))]

@@ -46,6 +46,8 @@ class ClaimRow(NamedTuple):
     def of(cls, row: Sequence[Any]) -> ClaimRow:
         instance_id, *rest = row
         claimed = cls(str(instance_id), *rest)
+        if claimed.started_at.tzinfo is not None:  # PostgreSQL's are; SQLite's are naive UTC
+            return claimed
         return claimed._replace(
             started_at=aware(claimed.started_at),
             lease_expires_at=aware(claimed.lease_expires_at),
