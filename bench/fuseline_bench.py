@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from fuseline import Computed, Depends, Step, Workflow  # noqa: E402
-from fuseline.broker import SqlBroker  # noqa: E402
+from fuseline.broker import Dispatch, SqlBroker  # noqa: E402
 from fuseline.clients import LocalBrokerClient  # noqa: E402
 from fuseline.engines import ProcessEngine  # noqa: E402
 
@@ -271,6 +271,54 @@ def claim_report_cost(url: str, history: int, steps: int, rounds: int = 3) -> di
     }
 
 
+#: The priorities of the queued backlog in the priority figures: most at the default.
+MIXED_PRIORITIES = (-5, 0, 0, 0, 0, 3, 10)
+
+
+def _queue_mixed(url: str, count: int) -> None:
+    broker = SqlBroker(url)
+    try:
+        for offset in range(0, count, 1000):
+            batch = [Dispatch({}, priority=MIXED_PRIORITIES[(offset + n) % len(MIXED_PRIORITIES)])
+                     for n in range(min(1000, count - offset))]  # fmt: skip
+            broker.dispatch_many(NOOP.to_schema(), batch)
+    finally:
+        broker.close()
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
+def _claims_ms(url: str, steps: int) -> float:
+    """Milliseconds per claim+report of ``steps`` steps taken from the queued backlog."""
+    broker = SqlBroker(url)
+    try:
+        engine = ProcessEngine(LocalBrokerClient(broker), [NOOP])
+        began = time.perf_counter()
+        engine.work(max_steps=steps)
+        elapsed = time.perf_counter() - began
+        engine.close()
+    finally:
+        broker.close()
+    return 1000 * elapsed / steps
+
+
+def claim_cost_with_priorities(url: str, history: int, queued: int, steps: int, rounds: int = 3) -> dict:
+    """Milliseconds per claim+report with 1,000 finished rows and 1,000 queued at mixed priorities,
+    then with ``history`` finished and ``queued`` queued (medians of ``rounds``)."""
+    _add_history(url, 1, 1_000)
+    _queue_mixed(url, 1_000 + steps * (rounds + 1))
+    _claims_ms(url, steps)  # warm-up
+    small = statistics.median(_claims_ms(url, steps) for _ in range(rounds))
+    _add_history(url, 1_001, history)
+    _queue_mixed(url, queued)
+    large = statistics.median(_claims_ms(url, steps) for _ in range(rounds))
+    return {
+        "finished_1k_queued_1k": round(small, 3),
+        f"finished_{history}_queued_{queued}": round(large, 3),
+        "ratio": round(large / small, 2),
+    }
+
+
 def worker_memory(url: str, steps: int) -> dict[str, float]:
     """RSS (MB) of one `fuseline worker run` process, idle and then draining ``steps`` steps."""
     env = {**os.environ, "FUSELINE_DATABASE_URL": url, "PYTHONPATH": str(HERE)}
@@ -332,6 +380,7 @@ def main() -> None:
         "one_by_one": 300 if q else 3_000,
         "batched": 2_000 if q else 20_000,
         "history": 20_000 if q else 1_000_000,
+        "queued": 10_000 if q else 100_000,
         "cost_steps": 300 if q else 2_000,
         "memory_steps": 500 if q else 3_000,
         "sqlite_noop": 500 if q else 3_000,
@@ -360,6 +409,10 @@ def main() -> None:
         record("pg_pickup", lambda: pickup(pg(), sizes["pickup"]))
         record("pg_pickup_no_listen", lambda: pickup(pg(), max(20, sizes["pickup"] // 4), listen=False))
         record("pg_claim_report_ms", lambda: claim_report_cost(pg(), sizes["history"], sizes["cost_steps"]))
+        record(
+            "pg_claim_priorities_ms",
+            lambda: claim_cost_with_priorities(pg(), sizes["history"], sizes["queued"], sizes["cost_steps"]),
+        )
         record("worker_rss", lambda: worker_memory(pg(), sizes["memory_steps"]))
         lite = lambda: fresh_sqlite(Path(folder))  # noqa: E731
         for c in (1, 4):

@@ -14,7 +14,7 @@
 --   * CONNECT on the database, USAGE on schema public;
 --   * SELECT, INSERT, UPDATE, DELETE on the fuseline_* tables (no TRUNCATE, REFERENCES, TRIGGER);
 --   * SELECT only on fuseline_alembic_version (the broker checks the schema version at start-up);
---   * USAGE and SELECT on the fuseline_* sequences (the ids of steps and events).
+--   * USAGE and SELECT on the fuseline_* sequences (the ids of steps, events and rate-limited starts).
 --
 -- The runtime role can then neither CREATE, ALTER nor DROP anything: PUBLIC loses CREATE on
 -- schema public (already the default since PostgreSQL 15) and every default privilege on the
@@ -39,7 +39,7 @@ SELECT format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.%I TO %I', t
 -- ... which is only read.
 GRANT SELECT ON TABLE public.fuseline_alembic_version TO :"runtime_role";
 
--- The sequences behind the ids of steps and events.
+-- The sequences behind the ids of steps, events and rate-limited starts.
 SELECT format('GRANT USAGE, SELECT ON SEQUENCE public.%I TO %I', sequencename, :'runtime_role')
   FROM pg_sequences
  WHERE schemaname = 'public' AND sequencename LIKE 'fuseline\_%'

@@ -27,8 +27,12 @@ class BrokerClient(ABC):
     """The four calls a worker makes, plus a goodbye."""
 
     @abstractmethod
-    def register_worker(self, schemas: Sequence[WorkflowSchema]) -> str:
-        """Register the workflows this worker can run; returns its worker id."""
+    def register_worker(
+        self, schemas: Sequence[WorkflowSchema], *, queues: Sequence[str] | None = None
+    ) -> str:
+        """Register the workflows this worker can run (only their steps in ``queues``, if given);
+        returns its worker id. Clients written before queues existed may leave ``queues`` out:
+        workers then ask without it when they serve every queue."""
 
     @abstractmethod
     def get_step(self, worker_id: str) -> StepAssignment | None:
@@ -82,8 +86,10 @@ class LocalBrokerClient(BrokerClient):
         """The broker's lease length, so engines can pace their heartbeats."""
         return self.broker.lease_seconds
 
-    def register_worker(self, schemas: Sequence[WorkflowSchema]) -> str:
-        return self.broker.register_worker(schemas)
+    def register_worker(
+        self, schemas: Sequence[WorkflowSchema], *, queues: Sequence[str] | None = None
+    ) -> str:
+        return self.broker.register_worker(schemas, queues=queues)
 
     def get_step(self, worker_id: str) -> StepAssignment | None:
         return self.broker.get_step(worker_id)

@@ -153,6 +153,27 @@ class CorruptStoredValue(BrokerError):
         )
 
 
+class InvalidDispatch(BrokerError):
+    """Options of a dispatch that cannot be honoured (a negative delay, a time without a time
+    zone, an over-long key...): refused before anything is written."""
+
+
+class KeyConflict(BrokerError):
+    """An instance already exists under this key of the workflow, with other inputs.
+
+    Dispatching a key again with the same inputs returns the existing
+    instance (a retried request is harmless); with different inputs it is
+    refused, since the key names one piece of work.
+    """
+
+    def __init__(self, workflow_id: str, key: str, existing_id: str) -> None:
+        self.workflow_id, self.key, self.existing_id = workflow_id, key, existing_id
+        super().__init__(
+            f"key {key!r} of workflow {workflow_id!r} already names instance {existing_id}, "
+            "dispatched with other inputs"
+        )
+
+
 class ReportConflict(BrokerError):
     """A replayed report disagrees with the result already accepted for that attempt."""
 

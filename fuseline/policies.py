@@ -16,10 +16,14 @@ from .workflow.policies import (
     WorkflowPolicy,
     policy_from_config,
 )
+from .workflow.scheduling import ConcurrencyLimit, RateLimit, SchedulingPolicy
 
 __all__ = [
+    "ConcurrencyLimit",
     "Policy",
+    "RateLimit",
     "RetryPolicy",
+    "SchedulingPolicy",
     "StepPolicy",
     "StepTimeoutPolicy",
     "TooManyAbandonedThreads",

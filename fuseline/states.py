@@ -65,6 +65,9 @@ class EventKind(str, Enum):
     LEASE_EXPIRED = "lease_expired"
     #: ``retry_instance``: failed and cancelled steps go back to PENDING.
     RETRIED = "retried"
+    #: A step failed and its RetryPolicy allows another try: QUEUED again after the policy's
+    #: delay (the event's detail is the failure).
+    RETRY_SCHEDULED = "retry_scheduled"
     INSTANCE_SUCCEEDED = "instance_succeeded"
     INSTANCE_FAILED = "instance_failed"
     INSTANCE_CANCELLED = "instance_cancelled"

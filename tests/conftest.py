@@ -20,15 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fuseline.broker.sql import SqlBroker
 from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.migrate import upgrade
+from fuseline.broker.sql.models import Base
 from tests.support.databases import PostgresServer, find_postgres_server
 
-FUSELINE_TABLES = (
-    "fuseline_events",
-    "fuseline_steps",
-    "fuseline_instances",
-    "fuseline_workers",
-    "fuseline_workflows",
-)
+#: Every table the broker keeps, so that no test sees rows an earlier one left.
+FUSELINE_TABLES = tuple(Base.metadata.tables)
 
 
 @pytest.fixture(scope="session")

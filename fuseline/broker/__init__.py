@@ -14,11 +14,14 @@ from .base import (
     InstanceEvent,
     InstanceInfo,
     Lease,
+    Reason,
     StepAssignment,
+    StepExplanation,
     StepInfo,
     StepReport,
     WorkerInfo,
 )
+from .dispatching import Dispatch
 from .memory import MemoryBroker
 
 if TYPE_CHECKING:
@@ -26,13 +29,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Broker",
+    "Dispatch",
     "InstanceEvent",
     "InstanceInfo",
     "Lease",
     "MemoryBroker",
+    "Reason",
     "SqlBroker",
     "Status",
     "StepAssignment",
+    "StepExplanation",
     "StepInfo",
     "StepReport",
     "WorkerInfo",

@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import BrokerError, LeaseLost, ReportConflict
 from ..states import FINAL_STATES, Status
 from ..workflow.schema import WorkflowSchema
+from .dispatching import Dispatch, as_dispatches
 
 DEFAULT_LEASE_SECONDS = 30.0
 #: Largest JSON result (UTF-8 bytes) a broker stores for one step.
@@ -77,6 +78,9 @@ class StepReport:
 
 @dataclass(frozen=True)
 class StepInfo:
+    """A step as users see it. ``attempt`` counts its executions (claims given back unstarted
+    are not); ``retries`` how many of them a RetryPolicy scheduled after a failure."""
+
     name: str
     state: Status
     attempt: int
@@ -86,6 +90,37 @@ class StepInfo:
     started_at: datetime | None
     finished_at: datetime | None
     max_attempts: int = 3
+    retries: int = 0
+
+
+class Reason:
+    """The codes of :attr:`StepExplanation.reason`, one per cause a step is not running (or is).
+
+    Strings rather than an Enum, so clients compare them with plain text and
+    new codes (issue 12's "waiting_for_signal") add no type to handle.
+    """
+
+    WAITING = "waiting"  #: PENDING: predecessors unfinished
+    DELAYED = "delayed"  #: QUEUED, before the time a dispatch delay/at set
+    RETRY_SCHEDULED = "retry_scheduled"  #: QUEUED, before the time of a policy retry
+    SLEEPING = "sleeping"  #: a Sleep step, completed by the broker at its time
+    CONCURRENCY_LIMIT = "concurrency_limit"  #: its step's ConcurrencyLimit is full
+    WORKFLOW_CONCURRENCY_LIMIT = "workflow_concurrency_limit"  #: its workflow's limit is full
+    RATE_LIMITED = "rate_limited"  #: its step's RateLimit window is full
+    NO_WORKER = "no_worker"  #: claimable, but no live worker serves its workflow and queue
+    QUEUED = "queued"  #: claimable and served: waiting for a free worker
+    RUNNING = "running"  #: leased to a worker
+
+
+@dataclass(frozen=True)
+class StepExplanation:
+    """Why a step is where it is: ``reason`` is a short code (see ``Reason``), ``detail`` a
+    sentence for people (names, counts, times)."""
+
+    step: str
+    state: Status
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +138,8 @@ class InstanceInfo:
     created_at: datetime
     finished_at: datetime | None
     steps: list[StepInfo] = field(default_factory=list)
+    key: str | None = None
+    priority: int = 0
 
     @property
     def steps_done(self) -> int:
@@ -178,8 +215,13 @@ class Broker(ABC):
         *,
         host: str | None = None,
         pid: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> str:
-        """Store the schemas (refusing a changed one: SchemaConflict); return a new worker id."""
+        """Store the schemas (refusing a changed one: SchemaConflict); return a new worker id.
+
+        The worker claims only steps of these workflows in ``queues`` (None:
+        every queue its workflows use).
+        """
 
     @abstractmethod
     def deregister_worker(self, worker_id: str) -> None:
@@ -249,13 +291,43 @@ class Broker(ABC):
         return False
 
     # -- instances -------------------------------------------------------------------
-    @abstractmethod
-    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any] | None = None) -> str:
-        """Store the schema if new, create an instance, queue its first steps; return its id."""
+    def dispatch_workflow(
+        self,
+        schema: WorkflowSchema,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Store the schema if new, create an instance, queue its first steps; return its id.
 
-    def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Dispatch one instance per inputs mapping; brokers may do it in one transaction."""
-        return [self.dispatch_workflow(schema, i) for i in inputs]
+        ``delay`` seconds (on the broker's clock) or ``at`` a time: when its
+        first steps become claimable. ``key``: at most one instance per key of
+        the workflow; the same key with equal inputs returns the existing id,
+        with other inputs raises KeyConflict. ``priority``: higher first among
+        claimable steps. Bad options raise InvalidDispatch, writing nothing.
+        """
+        dispatch = Dispatch(inputs if inputs is not None else {}, delay, at, key, priority).checked()
+        return self.dispatch_instances(schema, [dispatch])[0]
+
+    def dispatch_many(
+        self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any] | Dispatch]
+    ) -> list[str]:
+        """Dispatch one instance per item: inputs, or a :class:`Dispatch` with its own options.
+
+        Brokers may write them in one transaction.
+        """
+        return self.dispatch_instances(schema, as_dispatches(inputs))
+
+    @abstractmethod
+    def dispatch_instances(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
+        """Create the instances of checked dispatches; their ids, in order (see dispatch_workflow)."""
+
+    @abstractmethod
+    def explain_instance(self, instance_id: str) -> list[StepExplanation]:
+        """Why each unfinished step of the instance is not running now (or that it is)."""
 
     @abstractmethod
     def get_instance(self, instance_id: str) -> InstanceInfo:

@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import WorkflowDefinitionError
 from ..states import BROKEN_STATES, UNFINISHED_STATES, Status
 from ..workflow.schema import WorkflowSchema
+from .scheduling import scheduling_of
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class WorkflowPlan:
             )
         self.nodes = nodes
         self._check_acyclic()
+        self.scheduling = scheduling_of(schema)
         self.fast_reports = self._fast_reports(bool(schema.or_groups))
 
     def _fast_reports(self, has_or_groups: bool) -> dict[str, FastReport]:
@@ -162,6 +164,8 @@ class WorkflowPlan:
         for name, node in self.nodes.items():
             if node.actions:
                 continue  # a branch decides between successors: the general path
+            if any(self.scheduling.steps[t].sleep_seconds is not None for t in node.successors):
+                continue  # a Sleep starts its clock when queued: the general path
             if node.successors:
                 if all(self.nodes[t].slots == ((name,),) for t in node.successors):
                     consumers = tuple(t for t in node.successors if name in self.nodes[t].consumes)

@@ -3,9 +3,9 @@
 It implements the whole contract with one lock, so it is the executable
 statement of the semantics that ``SqlBroker`` must match (both pass the same
 contract suite). It is what ``Workflow.run`` uses, and what tests and
-single-process tools can use; nothing survives the process. Leases and
-liveness use ``time.monotonic()``; wall-clock time only fills the
-timestamps users see.
+single-process tools can use; nothing survives the process. Leases,
+liveness and every "not before" time use ``time.monotonic()``; wall-clock
+time only fills the timestamps users see (and reads a dispatch's ``at``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from typing import Any
 
 from ..errors import (
     InvalidTransition,
-    LeaseLost,
-    ReportConflict,
     ResultNotSerializable,
     ResultTooLarge,
-    SchemaConflict,
     UnknownInstance,
     UnknownStep,
     UnknownWorker,
@@ -39,18 +36,23 @@ from .base import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_RESULT_BYTES,
     Broker,
-    InstanceEvent,
     InstanceInfo,
-    InstancePage,
     Lease,
+    Reason,
     StepAssignment,
+    StepExplanation,
     StepReport,
-    WorkerInfo,
 )
 from .dag import Progress, StepView, WorkflowPlan
+from .dispatching import Dispatch
 from .ids import new_id
-from .memory_records import InstanceRecord, ReadyQueue, StepRecord, WorkerRecord
-from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state, why_not_held
+from .memory_explain import Explainer, Moment
+from .memory_keys import KeyIndex
+from .memory_limits import FlowControl
+from .memory_queue import Entry, ReadyQueue
+from .memory_reads import MemoryReads
+from .memory_records import InstanceRecord, PlanStore, StepRecord, WorkerRecord, served_queues
+from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state
 
 
 def _utcnow() -> datetime:
@@ -58,13 +60,15 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class MemoryBroker(Broker):
+class MemoryBroker(MemoryReads, Broker):
     """The broker contract in memory.
 
     ``store_json=False`` keeps results as Python objects instead of JSON
     text (``Workflow.run`` uses it so in-process runs may pass any object
     between steps); the default validates and copies through JSON exactly as
-    a database would.
+    a database would. ``broker_retries=False`` fails a step on its first
+    reported failure instead of scheduling the retries its RetryPolicy allows:
+    for ``Workflow.run``, which retries inside the running thread.
     """
 
     def __init__(
@@ -73,41 +77,40 @@ class MemoryBroker(Broker):
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         store_json: bool = True,
+        broker_retries: bool = True,
     ) -> None:
         self.lease_seconds = float(lease_seconds)
         self.max_result_bytes = max_result_bytes
         self.store_json = store_json
+        self.broker_retries = broker_retries
         self._lock = threading.RLock()
         self._work_queued = threading.Condition(self._lock)
-        self._plans: dict[tuple[str, str], WorkflowPlan] = {}
+        self._plans = PlanStore()
         self._instances: dict[str, InstanceRecord] = {}
+        self._keys = KeyIndex(lambda instance_id: self._instances[instance_id].inputs, self._load)
         self._workers: dict[str, WorkerRecord] = {}
         self._ready = ReadyQueue()
         self._running: set[tuple[str, str]] = set()
+        self._flow = FlowControl(self._instances, self._running, self._load)
         self._finished_seq = itertools.count(1)
+        self._created_seq = itertools.count(1)
+        self._tokens = itertools.count(1)
 
     # -- definitions -------------------------------------------------------------------
-    def _store_schema(self, schema: WorkflowSchema) -> WorkflowPlan:
-        plan = self._plans.get(schema.key)
-        if plan is None:
-            plan = self._plans[schema.key] = WorkflowPlan(schema)
-        elif plan.hash != schema.hash:
-            raise SchemaConflict(schema.workflow_id, schema.version)
-        return plan
-
     def register_workflows(self, schemas: Sequence[WorkflowSchema]) -> None:
         with self._lock:
-            for schema in schemas:  # refuse the whole batch before storing any of it
-                known = self._plans.get(schema.key)
-                if known is not None and known.hash != schema.hash:
-                    raise SchemaConflict(schema.workflow_id, schema.version)
-            for schema in schemas:
-                self._store_schema(schema)
+            self._plans.store_all(schemas)
 
     # -- workers -----------------------------------------------------------------------
     def register_worker(
-        self, schemas: Sequence[WorkflowSchema], *, host: str | None = None, pid: int | None = None
+        self,
+        schemas: Sequence[WorkflowSchema],
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> str:
+        served = served_queues(queues)
         with self._lock:
             self.register_workflows(schemas)
             now = _utcnow()
@@ -119,6 +122,7 @@ class MemoryBroker(Broker):
                 started_at=now,
                 last_heartbeat=now,
                 last_seen=time.monotonic(),
+                queues=served,
             )
             self._workers[worker.worker_id] = worker
             return worker.worker_id
@@ -159,13 +163,7 @@ class MemoryBroker(Broker):
             for assignment in assignments:
                 instance = self._instances.get(str(assignment.instance_id))
                 step = instance.steps.get(assignment.step_name) if instance is not None else None
-                if (
-                    instance is not None
-                    and step is not None
-                    and step.state is Status.RUNNING
-                    and step.worker_id == worker_id
-                    and step.attempt == assignment.attempt
-                ):
+                if instance is not None and step is not None and step.held_by(worker_id, assignment.attempt):
                     self._release(instance, step)
 
     def keep_alive(self, worker_id: str) -> list[Lease]:
@@ -187,14 +185,22 @@ class MemoryBroker(Broker):
         with self._lock:
             worker = self._living(worker_id)
             self._reap_expired()
-            taken = self._ready.pop_first(worker.keys, self._is_queued)
+            self._wake_sleepers()
+            now = time.monotonic()
+            gate = self._flow.gate(now)
+
+            def allowed(entry: Entry) -> bool:
+                return gate.hold(self._instances[entry.instance_id], entry.step_name) is None
+
+            taken = self._ready.take(worker.keys, worker.queues, now, self._is_current, allowed)
             if taken is None:
                 return None
-            instance = self._instances[taken[0]]
-            return self._claim(instance, instance.steps[taken[1]], worker_id)
+            instance = self._instances[taken.instance_id]
+            return self._claim(instance, instance.steps[taken.step_name], worker_id)
 
-    def _is_queued(self, instance_id: str, step_name: str) -> bool:
-        return self._instances[instance_id].steps[step_name].state is Status.QUEUED
+    def _is_current(self, entry: Entry) -> bool:
+        step = self._instances[entry.instance_id].steps[entry.step_name]
+        return step.state is Status.QUEUED and step.token == entry.token
 
     def _claim(self, instance: InstanceRecord, step: StepRecord, worker_id: str) -> StepAssignment:
         now = _utcnow()
@@ -203,7 +209,9 @@ class MemoryBroker(Broker):
         step.worker_id = worker_id
         step.lease_deadline = time.monotonic() + self.lease_seconds
         step.started_at = now
+        step.held_for = None
         self._running.add((instance.instance_id, step.name))
+        self._flow.note_claim(instance, step.name, time.monotonic())
         self._event(instance, EventKind.CLAIMED, step, worker_id=worker_id)
         results = {n: self._load(instance.steps[n].result) for n in step.inputs_from}
         return StepAssignment(
@@ -223,28 +231,53 @@ class MemoryBroker(Broker):
             instance = self._instances[instance_id]
             step = instance.steps[name]
             if step.lease_deadline is not None and step.lease_deadline < now:
-                if step.executions < step.max_attempts:
-                    self._requeue(instance, step, EventKind.LEASE_EXPIRED)
+                if step.may_be_lost_again:  # back at its old place in line
+                    self._requeue(instance, step, EventKind.LEASE_EXPIRED, step.available_at)
                 else:
                     self._running.discard((instance_id, name))
                     self._event(instance, EventKind.LEASE_EXPIRED, step, worker_id=step.worker_id)
                     self._finish(instance, step, Status.FAILED, None, WORKER_LOST)
 
-    def _release(self, instance: InstanceRecord, step: StepRecord) -> None:
-        """Give a held step back to the queue; a graceful release does not use up an attempt."""
-        step.released += 1
-        self._requeue(instance, step, EventKind.RELEASED)
+    def _wake_sleepers(self) -> None:
+        """Complete the Sleep steps whose time has come; every claim does it, as it reaps."""
+        for entry in self._ready.due_timers(time.monotonic(), self._is_current):
+            instance = self._instances[entry.instance_id]
+            self._finish(instance, instance.steps[entry.step_name], Status.SUCCEEDED, None, None)
 
-    def _requeue(self, instance: InstanceRecord, step: StepRecord, kind: EventKind) -> None:
+    def _release(self, instance: InstanceRecord, step: StepRecord) -> None:
+        """Give a held step back to the end of the queue; a graceful release does not use up an attempt."""
+        step.released += 1
+        self._requeue(instance, step, EventKind.RELEASED, time.monotonic())
+
+    def _requeue(
+        self,
+        instance: InstanceRecord,
+        step: StepRecord,
+        kind: EventKind,
+        available_at: float,
+        held_for: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """A RUNNING step QUEUED again, its lease and worker cleared (``kind`` says why)."""
         self._running.discard((instance.instance_id, step.name))
-        self._event(instance, kind, step, worker_id=step.worker_id)
-        step.state = Status.QUEUED
+        self._event(instance, kind, step, worker_id=step.worker_id, detail=detail)
         step.worker_id = None
         step.lease_deadline = None
-        self._push(instance, step)
+        self._queue(instance, step, available_at, held_for)
 
-    def _push(self, instance: InstanceRecord, step: StepRecord) -> None:
-        self._ready.push((instance.workflow_id, instance.version), instance.instance_id, step.name)
+    def _queue(
+        self, instance: InstanceRecord, step: StepRecord, available_at: float, held_for: str | None = None
+    ) -> None:
+        """QUEUED, claimable from ``available_at`` (a Sleep: completed ``sleep_seconds`` later)."""
+        scheduling = instance.plan.scheduling.steps[step.name]
+        if scheduling.sleep_seconds is not None:
+            available_at += scheduling.sleep_seconds
+        token = next(self._tokens)
+        entry = step.enqueue(instance.instance_id, instance.priority, available_at, held_for, token)
+        if scheduling.sleep_seconds is not None:
+            self._ready.push_timer(entry)
+        else:
+            self._ready.push((instance.workflow_id, instance.version), scheduling.queue, entry)
         self._work_queued.notify_all()
 
     def wait_for_work(self, timeout: float) -> bool:
@@ -264,44 +297,40 @@ class MemoryBroker(Broker):
             if step is None:
                 raise UnknownStep(report.instance_id, report.step_name)
             state = reported_state(report)
-            holds = step.worker_id == worker_id and report.attempt in (None, step.attempt)
-            if step.state is not Status.RUNNING or not holds:
-                self._check_replay(instance, step, worker_id, report, state)
+            if not step.held_by(worker_id, report.attempt):
+                step.check_replay(instance.instance_id, worker_id, report, state, self._load(step.result))
                 return
             result, error = None, report.error
             if state is Status.SUCCEEDED:
                 try:
                     result = self._store(step.name, report.result)
-                except (ResultNotSerializable, ResultTooLarge) as exc:
+                except (ResultNotSerializable, ResultTooLarge) as exc:  # refused: no retry
                     state, error = Status.FAILED, str(exc)
-            elif state is Status.FAILED and not error:
-                error = NO_ERROR_TEXT
+            elif state is Status.FAILED:
+                error = error or NO_ERROR_TEXT
+                if self._retry_later(instance, step, worker_id, error):
+                    return
             self._running.discard((instance.instance_id, step.name))
             step.reported_by = worker_id
             self._finish(instance, step, state, result, error)
 
-    def _check_replay(
-        self, instance: InstanceRecord, step: StepRecord, worker_id: str, report: StepReport, state: Status
-    ) -> None:
-        """A report the lease guard refused: an exact replay is fine, anything else is not."""
-        if step.reported_by == worker_id and report.attempt in (None, step.attempt):
-            accepted = self._load(step.result)
-            if step.state is state and (state is not Status.SUCCEEDED or accepted == report.result):
-                return
-            raise ReportConflict(
-                f"step {step.name!r} of instance {instance.instance_id!r} already ended "
-                f"{step.state} for this attempt; a different report was refused"
-            )
-        raise LeaseLost(
-            instance.instance_id,
-            step.name,
-            why_not_held(step.state, step.worker_id, step.attempt, worker_id, report),
-        )
+    def _retry_later(self, instance: InstanceRecord, step: StepRecord, worker_id: str, error: str) -> bool:
+        """A reported failure its RetryPolicy allows another try: QUEUED again after the policy's delay,
+        the instance untouched. Returns False when the failure stands."""
+        retry = instance.plan.scheduling.steps[step.name].retry
+        if not self.broker_retries or retry is None or step.retries >= retry.max_retries:
+            return False
+        step.retries += 1
+        step.error = error
+        step.retried = (worker_id, step.attempt)
+        available_at = time.monotonic() + retry.delay(step.retries)
+        self._requeue(instance, step, EventKind.RETRY_SCHEDULED, available_at, Reason.RETRY_SCHEDULED, error)
+        return True
 
     def _finish(
         self, instance: InstanceRecord, step: StepRecord, state: Status, result: Any, error: str | None
     ) -> None:
-        """Record a final state for a running step and move the instance on."""
+        """Record a final state for a running (or sleeping) step and move the instance on."""
         step.state = state
         step.result = result
         step.error = error
@@ -315,20 +344,21 @@ class MemoryBroker(Broker):
         self._apply(instance, instance.plan.settle(views, instance.plan.successors(step.name)))
         self._finalize_if_done(instance, views)
 
-    def _apply(self, instance: InstanceRecord, progress: Progress) -> None:
-        now = _utcnow()
+    def _apply(
+        self, instance: InstanceRecord, progress: Progress, start: tuple[float, str | None] | None = None
+    ) -> None:
+        """Write down what the rules decided; queued steps are claimable from ``start`` (default now)."""
+        available_at, held_for = start or (time.monotonic(), None)
         for name, inputs_from in progress.queued.items():
             step = instance.steps[name]
-            step.state = Status.QUEUED
             step.inputs_from = inputs_from
-            self._push(instance, step)
+            self._queue(instance, step, available_at, held_for)
             self._event(instance, EventKind.QUEUED, step)
+        now = _utcnow()
         for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
             for name in names:
                 step = instance.steps[name]
-                step.state = state
-                step.finished_at = now
-                step.finished_seq = next(self._finished_seq)
+                step.end(state, now, next(self._finished_seq))
                 self._event(instance, EventKind.of_step(state), step)
 
     def _finalize_if_done(self, instance: InstanceRecord, views: Mapping[str, StepView]) -> None:
@@ -347,67 +377,51 @@ class MemoryBroker(Broker):
         self._event(instance, EventKind.of_instance(outcome), None, detail=instance.error)
 
     # -- instances ---------------------------------------------------------------------
-    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any] | None = None) -> str:
-        inputs = inputs if inputs is not None else {}
-        encoded = codec.encode_inputs(inputs) if self.store_json else codec.check_inputs(inputs)
+    def dispatch_instances(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
+        encode = codec.encode_inputs if self.store_json else codec.check_inputs
+        encoded = [encode(d.inputs) for d in dispatches]
         with self._lock:
-            plan = self._store_schema(schema)
-            instance = InstanceRecord(
-                instance_id=new_id(),
-                workflow_id=schema.workflow_id,
-                version=schema.version,
-                plan=plan,
-                inputs=encoded,
-                created_at=_utcnow(),
-                steps={name: StepRecord(name, plan.nodes[name].max_attempts) for name in plan.order},
-            )
-            self._instances[instance.instance_id] = instance
-            self._event(instance, EventKind.DISPATCHED, None)
-            self._apply(instance, plan.settle(instance.views(), plan.order))
-            return instance.instance_id
+            ids = self._keys.ids_for(schema.workflow_id, dispatches, encoded)
+            plan = self._plans.store(schema)
+            for dispatch, inputs, instance_id in zip(dispatches, encoded, ids, strict=True):
+                if instance_id not in self._instances:  # not a key dispatched before
+                    self._create(plan, dispatch, inputs, instance_id)
+            return ids
 
-    def _instance(self, instance_id: str) -> InstanceRecord:
-        instance = self._instances.get(instance_id)
-        if instance is None:
-            raise UnknownInstance(instance_id)
-        return instance
+    def _create(self, plan: WorkflowPlan, dispatch: Dispatch, inputs: Any, instance_id: str) -> None:
+        instance = InstanceRecord(
+            instance_id=instance_id,
+            workflow_id=plan.workflow_id,
+            version=plan.version,
+            plan=plan,
+            inputs=inputs,
+            created_at=_utcnow(),
+            steps={n: StepRecord(n, plan.nodes[n].max_attempts, next(self._created_seq)) for n in plan.order},
+            key=dispatch.key,
+            priority=dispatch.priority,
+        )
+        self._instances[instance_id] = instance
+        self._keys.remember(plan.workflow_id, dispatch.key, instance_id)
+        self._flow.add(instance)
+        self._event(instance, EventKind.DISPATCHED, None)
+        self._apply(instance, plan.settle(instance.views(), plan.order), self._start_of(dispatch))
 
-    def get_instance(self, instance_id: str) -> InstanceInfo:
+    @staticmethod
+    def _start_of(dispatch: Dispatch) -> tuple[float, str | None]:
+        """When a dispatch's first steps become claimable (monotonic), and why if not at once."""
+        delay = dispatch.delay or 0.0
+        if dispatch.at is not None:
+            now = _utcnow()
+            delay = (dispatch.at - now).total_seconds()
+        return time.monotonic() + max(0.0, delay), (Reason.DELAYED if delay > 0 else None)
+
+    def explain_instance(self, instance_id: str) -> list[StepExplanation]:
         with self._lock:
-            return self._instance(instance_id).info(self._load)
-
-    def instances_page(self, page: InstancePage) -> list[InstanceInfo]:
-        with self._lock:
-            found = [
-                i
-                for i in reversed(self._instances.values())
-                if (page.status is None or i.status is page.status)
-                and (page.workflow_id is None or i.workflow_id == page.workflow_id)
-            ]
-            return [i.info(self._load) for i in found[page.offset : page.offset + page.limit]]
-
-    def instance_events(self, instance_id: str) -> list[InstanceEvent]:
-        with self._lock:
-            return list(self._instance(instance_id).events)
-
-    def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
-        wanted = set(workflows) if workflows is not None else None
-        with self._lock:
-            return any(
-                i.status is Status.RUNNING and (wanted is None or (i.workflow_id, i.version) in wanted)
-                for i in self._instances.values()
-            )
-
-    def list_workers(self) -> list[WorkerInfo]:
-        with self._lock:
-            held: dict[str, list[str]] = {}
-            for instance_id, name in sorted(self._running):
-                holder = self._instances[instance_id].steps[name].worker_id
-                if holder is not None:
-                    held.setdefault(holder, []).append(f"{instance_id}/{name}")
-            return [
-                w.info(self._is_alive(w), held.get(w.worker_id, [])) for w in reversed(self._workers.values())
-            ]
+            instance = self._instance(instance_id)
+            now = _utcnow()
+            moment = Moment(time.monotonic(), now)
+            explainer = Explainer(self._flow.gate(moment.monotonic), moment, self._workers, self._is_alive)
+            return explainer.explain(instance)
 
     def cancel_instance(self, instance_id: str) -> InstanceInfo:
         with self._lock:
@@ -420,10 +434,7 @@ class MemoryBroker(Broker):
             for step in instance.steps.values():
                 if not step.state.is_final:
                     self._running.discard((instance_id, step.name))
-                    step.state = Status.CANCELLED
-                    step.lease_deadline = None
-                    step.finished_at = now
-                    step.finished_seq = next(self._finished_seq)
+                    step.end(Status.CANCELLED, now, next(self._finished_seq))
                     self._event(instance, EventKind.CANCELLED, step)
             instance.status = Status.CANCELLED
             instance.finished_at = now
@@ -441,13 +452,7 @@ class MemoryBroker(Broker):
             reset = []
             for step in instance.steps.values():
                 if step.state in BROKEN_STATES:
-                    step.state = Status.PENDING
-                    # attempts only grow (reports are fenced by them); the budget starts afresh
-                    step.max_attempts = step.executions + instance.plan.nodes[step.name].max_attempts
-                    step.result = step.error = step.worker_id = step.reported_by = None
-                    step.started_at = step.finished_at = step.finished_seq = None
-                    step.action = None
-                    step.inputs_from = []
+                    step.reset(instance.plan.nodes[step.name].max_attempts)
                     reset.append(step.name)
             instance.status = Status.RUNNING
             instance.result = instance.error = instance.finished_at = None
@@ -477,13 +482,4 @@ class MemoryBroker(Broker):
         worker_id: str | None = None,
         detail: str | None = None,
     ) -> None:
-        instance.events.append(
-            InstanceEvent(
-                at=_utcnow(),
-                kind=kind.value,
-                step_name=step.name if step else None,
-                attempt=step.attempt if step else None,
-                worker_id=worker_id,
-                detail=detail,
-            )
-        )
+        instance.log(kind, step, at=_utcnow(), worker_id=worker_id, detail=detail)

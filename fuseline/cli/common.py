@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +20,10 @@ from ..errors import FuselineError
 #: The embedded database used when neither --database-url nor FUSELINE_DATABASE_URL is given.
 DEFAULT_DATABASE_URL = "sqlite:///fuseline.db"
 DATABASE_ENV = "FUSELINE_DATABASE_URL"
+
+#: Options and arguments several commands share.
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")]
+InstanceId = Annotated[str, typer.Argument(metavar="ID", help="The instance id.")]
 
 # Piped output (logs, CI, `| less`) gets wide tables instead of 80 wrapped columns.
 console = Console(width=None if sys.stdout.isatty() else 200)

@@ -1,4 +1,4 @@
-"""``fuseline instances``: list, show, cancel and retry workflow instances."""
+"""``fuseline instances``: list, show, explain, cancel and retry workflow instances."""
 
 from __future__ import annotations
 
@@ -11,17 +11,27 @@ from rich.table import Table
 
 from ..broker.base import Broker, InstanceEvent, InstanceInfo, StepInfo
 from ..broker.ids import instance_uuid
-from ..states import INSTANCE_STATES, Status
-from .common import console, duration, iso, open_broker, plain, print_json, styled, user_errors, when
+from ..states import INSTANCE_STATES, EventKind, Status
+from .common import (
+    InstanceId,
+    JsonFlag,
+    console,
+    duration,
+    iso,
+    open_broker,
+    plain,
+    print_json,
+    styled,
+    user_errors,
+    when,
+)
+from .explain import explain
 
 instances_app = typer.Typer(
-    help="List, show, cancel and retry workflow instances.\n\n"
+    help="List, show, explain, cancel and retry workflow instances.\n\n"
     "Example: fuseline instances list --status FAILED",
     no_args_is_help=True,
 )
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")]
-InstanceId = Annotated[str, typer.Argument(metavar="ID", help="The instance id.")]
 
 
 def instance_json(info: InstanceInfo) -> dict[str, Any]:
@@ -35,6 +45,8 @@ def instance_json(info: InstanceInfo) -> dict[str, Any]:
         "steps_done": info.steps_done,
         "steps_total": len(info.steps),
         "error": info.error,
+        "key": info.key,
+        "priority": info.priority,
     }
 
 
@@ -44,6 +56,7 @@ def step_json(step: StepInfo) -> dict[str, Any]:
         "state": step.state.value,
         "attempt": step.attempt,
         "max_attempts": step.max_attempts,
+        "retries": step.retries,
         "worker_id": step.worker_id,
         "started_at": iso(step.started_at),
         "finished_at": iso(step.finished_at),
@@ -60,6 +73,25 @@ def event_json(event: InstanceEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "worker_id": event.worker_id,
         "detail": event.detail,
+    }
+
+
+#: The events that record why an execution of a step ended in an error.
+ATTEMPT_ERRORS = {EventKind.RETRY_SCHEDULED.value: "retry scheduled", EventKind.FAILED.value: "failed"}
+
+
+def attempt_errors(events: list[InstanceEvent]) -> list[InstanceEvent]:
+    """Each failed execution, oldest first: a failure the broker will retry, or the last one."""
+    return [e for e in events if e.kind in ATTEMPT_ERRORS and e.detail]
+
+
+def attempt_error_json(event: InstanceEvent) -> dict[str, Any]:
+    return {
+        "at": iso(event.at),
+        "step": event.step_name,
+        "attempt": event.attempt,
+        "then": ATTEMPT_ERRORS[event.kind],
+        "error": event.detail,
     }
 
 
@@ -116,7 +148,8 @@ def show(
     instance_id: InstanceId,
     json_output: JsonFlag = False,
 ) -> None:
-    """Show an instance: inputs, result, every step and the event history.
+    """Show an instance: inputs, result, every step, the error of each failed attempt and the
+    event history.
 
     Example: fuseline instances show 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
     """
@@ -134,6 +167,7 @@ def show(
                 "inputs": info.inputs,
                 "result": info.result,
                 "steps": [step_json(s) for s in info.steps],
+                "attempt_errors": [attempt_error_json(e) for e in attempt_errors(events)],
                 "events": [event_json(e) for e in events],
             }
         )
@@ -143,29 +177,51 @@ def show(
         f"created {when(info.created_at)}  duration {duration(info.created_at, info.finished_at)}",
         highlight=False,
     )
+    if info.key is not None or info.priority:
+        key = "-" if info.key is None else json.dumps(info.key, ensure_ascii=False)
+        console.print(f"key: {key}  priority: {info.priority}", highlight=False, markup=False)
     console.print(f"inputs: {json.dumps(info.inputs, ensure_ascii=False)}", highlight=False, markup=False)
     if info.status is Status.SUCCEEDED:
         console.print(f"result: {json.dumps(info.result, ensure_ascii=False)}", highlight=False, markup=False)
     if info.error:
         console.print(f"error: {info.error}", style="red", highlight=False, markup=False)
-    steps = Table("step", "state", "attempt", "worker", "started", "finished", "error", title="steps")
+    steps = Table(
+        "step", "state", "attempt", "retries", "worker", "started", "finished", "error", title="steps"
+    )
     for s in info.steps:
         steps.add_row(
             plain(s.name),
             styled(s.state),
-            f"{s.attempt}/{s.max_attempts}",
+            # executions out of what the lost-worker limit allows: policy retries do not use it up
+            f"{s.attempt}/{s.max_attempts + s.retries}",
+            str(s.retries),
             (s.worker_id or "-")[:8],
             when(s.started_at),
             when(s.finished_at),
             plain(s.error.splitlines()[0]) if s.error else "",
         )
     console.print(steps)
+    failures = attempt_errors(events)
+    if failures:
+        errors = Table("at (UTC)", "step", "attempt", "then", "error", title="errors of each attempt")
+        for e in failures:
+            errors.add_row(
+                when(e.at),
+                plain(e.step_name or ""),
+                str(e.attempt or ""),
+                ATTEMPT_ERRORS[e.kind],
+                plain((e.detail or "").splitlines()[0]),
+            )
+        console.print(errors)
     history = Table("at (UTC)", "event", "step", "attempt", "worker", title="events")
     for e in events:
         history.add_row(
             when(e.at), plain(e.kind), plain(e.step_name or ""), str(e.attempt or ""), (e.worker_id or "")[:8]
         )
     console.print(history)
+
+
+instances_app.command()(explain)
 
 
 @instances_app.command()

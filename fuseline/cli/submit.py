@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 
+from ..broker.dispatching import check_options
+from ..errors import InvalidDispatch
 from ..states import Status
 from .common import err_console, fail, open_broker, user_errors
 from .loading import load_workflow
@@ -46,6 +49,41 @@ def parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
     return inputs
 
 
+def parse_at(text: str | None) -> datetime | None:
+    """``--at``: an ISO 8601 time that names its time zone (a naive time would be a guess)."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not an ISO 8601 time (for example: 2026-12-01T02:30:00+01:00)", param_hint="--at"
+        ) from None
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise typer.BadParameter(
+            f"{text!r} has no time zone; add one, e.g. 2026-12-01T02:30:00+01:00 or 2026-12-01T01:30:00Z",
+            param_hint="--at",
+        )
+    return at
+
+
+def check_dispatch_options(delay: float | None, at: datetime | None, key: str | None, priority: int) -> None:
+    """The dispatch options, checked as a broker would check them, but before the database is
+    touched: a mistake is a usage error (exit 2) naming its option."""
+    if delay is not None and at is not None:
+        raise typer.BadParameter("give --delay or --at, not both", param_hint="--delay / --at")
+    for hint, options in (
+        ("--delay", (delay, None, None, 0)),
+        ("--at", (None, at, None, 0)),
+        ("--key", (None, None, key, 0)),
+        ("--priority", (None, None, None, priority)),
+    ):
+        try:
+            check_options(*options)
+        except InvalidDispatch as exc:
+            raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
 def submit(
     ctx: typer.Context,
     workflow: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW", help="The workflow to start.")],
@@ -62,6 +100,43 @@ def submit(
     timeout: Annotated[
         float | None, typer.Option(min=0, help="With --wait: give up after this many seconds (exit 1).")
     ] = None,
+    delay: Annotated[
+        float | None,
+        typer.Option(
+            "--delay",
+            metavar="SECONDS",
+            help="Start the first steps this many seconds from now (on the database's clock), "
+            "e.g. --delay 3600.",
+        ),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="ISO8601",
+            help="Start the first steps at this time, which must name its time zone, "
+            "e.g. --at 2026-12-01T02:30:00+01:00.",
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            metavar="KEY",
+            help="An idempotency key (up to 200 characters): one instance per key of the workflow. "
+            "Submitting the key again with the same inputs prints the existing instance's id; with "
+            "other inputs it fails, e.g. --key invoice-1042.",
+        ),
+    ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            "--priority",
+            metavar="N",
+            help="Among ready steps, higher priorities are claimed first; every step of the instance "
+            "has it (default 0, may be negative), e.g. --priority 10.",
+        ),
+    ] = 0,
 ) -> None:
     """Start an instance of a workflow and print its id (alone on stdout).
 
@@ -69,14 +144,24 @@ def submit(
     print its result (JSON) when it SUCCEEDED, exit 1 with the failing
     step's error when it FAILED or was CANCELLED.
 
+    --delay or --at hold its first steps back until then; --key makes a
+    repeated submit harmless; --priority puts it ahead of (or behind) the
+    rest of the queue.
+
     Example: fuseline submit my_app.flows:etl --input day=2026-11-25 --input limit=100 --wait
+
+    Example: fuseline submit my_app.flows:etl --input day=2026-11-25 --key etl-2026-11-25 --delay 3600
     """
     values = parse_inputs(inputs or [], inputs_json)
+    start_at = parse_at(at)
+    check_dispatch_options(delay, start_at, key, priority)
     target = load_workflow(workflow)
     broker = open_broker(ctx)
     try:
         with user_errors():
-            instance_id = target.dispatch(broker, values)
+            instance_id = target.dispatch(
+                broker, values, delay=delay, at=start_at, key=key, priority=priority
+            )
         sys.stdout.write(instance_id + "\n")
         sys.stdout.flush()
         if wait:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,6 +43,8 @@ class WorkerOptions:
     log_level: str
     listen: bool = True
     prefetch: int = 1
+    #: The queues to claim from; None: every queue of the workflows.
+    queues: tuple[str, ...] | None = None
 
 
 @worker_app.command("run")
@@ -82,6 +85,16 @@ def run(
             "finished steps it had not reported yet.",
         ),
     ] = 1,
+    queues: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue",
+            "-q",
+            metavar="QUEUE",
+            help="Claim only the steps of this queue; repeat it for several [default: every queue of "
+            "these workflows], e.g. --queue gpu --queue default.",
+        ),
+    ] = None,
 ) -> None:
     """Run worker processes for one or more workflows until stopped.
 
@@ -90,13 +103,20 @@ def run(
     finished and reported, then the worker exits 0. A second signal stops at
     once and hands the step back to the queue for another worker.
 
+    With --queue it claims only the steps of those queues (a step's queue is
+    Step(queue="gpu") in the workflow, "default" otherwise), e.g. to keep GPU
+    steps on GPU machines.
+
     Example: fuseline worker run my_app.flows:etl --concurrency 4
+
+    Example: fuseline worker run my_app.flows:train --queue gpu
     """
     level = log_level.upper()
     if level not in LOG_LEVELS:
         raise typer.BadParameter(
             f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
         )
+    wanted_queues = checked_queues(queues)
     loaded = [load_workflow(spec) for spec in workflows]
     configure_logging(level)
     check_before_starting(ctx, loaded, lease_seconds)
@@ -109,17 +129,59 @@ def run(
         log_level=level,
         listen=listen,
         prefetch=prefetch,
+        queues=wanted_queues,
+    )
+    serving = (
+        "" if wanted_queues is None else f", {plural('queue', wanted_queues)} {', '.join(wanted_queues)}"
     )
     logger.info(
-        "starting %d worker process%s for %s on %s",
+        "starting %d worker process%s for %s on %s%s",
         concurrency,
         "" if concurrency == 1 else "es",
         ", ".join(f"{wf.workflow_id}@{wf.version}" for wf in loaded),
         masked_url(ctx),
+        serving,
     )
+    if wanted_queues is not None:
+        warn_about_idle_queues(loaded, wanted_queues)
     if concurrency == 1:
         raise typer.Exit(work_in_this_process(options, loaded))
     raise typer.Exit(supervise(options, concurrency))
+
+
+def checked_queues(queues: list[str] | None) -> tuple[str, ...] | None:
+    """``--queue`` values, each a valid queue name (else a usage error), without repeats."""
+    from ..errors import WorkflowDefinitionError
+    from ..workflow.step import check_queue_name
+
+    if not queues:
+        return None
+    for queue in queues:
+        try:
+            check_queue_name(queue)
+        except WorkflowDefinitionError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--queue") from None
+    return tuple(dict.fromkeys(queues))
+
+
+def warn_about_idle_queues(loaded: list[Workflow], queues: tuple[str, ...]) -> None:
+    """A queue no step of these workflows uses is probably a typo: say so (the worker still runs,
+    as a later version of a workflow may use it)."""
+    from ..broker.scheduling import scheduling_of
+
+    used = set().union(*(scheduling_of(wf.to_schema()).queues for wf in loaded))
+    unused = [q for q in queues if q not in used]
+    if unused:
+        logger.warning(
+            "no step of these workflows is in %s %s (their queues: %s)",
+            plural("queue", unused),
+            ", ".join(unused),
+            ", ".join(sorted(used)) or "none",
+        )
+
+
+def plural(word: str, items: Sequence[object]) -> str:
+    return word if len(items) == 1 else f"{word}s"
 
 
 def check_before_starting(ctx: typer.Context, loaded: list[Workflow], lease_seconds: float) -> None:
@@ -233,7 +295,9 @@ def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[Sql
 
     broker = SqlBroker.for_url(options.url, lease_seconds=options.lease_seconds, listen=options.listen)
     try:
-        return broker, Worker(LocalBrokerClient(broker), workflows, prefetch=options.prefetch)
+        return broker, Worker(
+            LocalBrokerClient(broker), workflows, prefetch=options.prefetch, queues=options.queues
+        )
     except BaseException:
         broker.close()
         raise

@@ -22,13 +22,19 @@ class Execution:
 
 
 def run_assignment(
-    workflow: Workflow, assignment: StepAssignment, lifecycle: StepLifecycle | None = None
+    workflow: Workflow,
+    assignment: StepAssignment,
+    lifecycle: StepLifecycle | None = None,
+    *,
+    policy_retries: bool = True,
 ) -> Execution:
     """Run the assigned step of ``workflow`` and build its report.
 
     ``lifecycle`` is the scope of ``before_all`` / ``after_all`` the engine
     keeps (one per in-process run, one per worker); without one the
     workflow's own is used, which ``workflow.close()`` ends.
+    ``policy_retries=False`` runs the step without its ``RetryPolicy``: the
+    engine's broker schedules the retries (see ``Workflow.execute_step``).
 
     A step that raises an ``Exception`` is reported FAILED with its error
     text; the exception is returned, not raised, so the worker lives on. A
@@ -46,7 +52,9 @@ def run_assignment(
     inputs = payload.get("workflow_inputs") or {}
     error: Exception | None = None
     try:
-        outcome = workflow.execute_step(step, shared, inputs, lifecycle=lifecycle)
+        outcome = workflow.execute_step(
+            step, shared, inputs, lifecycle=lifecycle, policy_retries=policy_retries
+        )
     except Exception as exc:
         error = exc
         state, result, text = Status.FAILED, None, describe_error(exc)

@@ -34,7 +34,10 @@ class PoolEngine:
     Python objects, not JSON), so joins, branches, skips and cancellation
     follow exactly the rules every broker keeps, and the run's step states
     are the broker's. Steps run on ``workers`` pool threads, which suits
-    steps that wait on I/O; the calling thread waits for them.
+    steps that wait on I/O; the calling thread waits for them. A ``RetryPolicy``
+    retries inside the pool thread (the private broker schedules none), and a
+    ``Sleep`` holds no thread: the broker completes it when its time comes,
+    which idle threads notice within ``_IDLE_POLL_SECONDS``.
 
     Everything a run keeps (its broker, its ``before_all``/``after_all``
     scope, its errors) belongs to that run, so one engine, like one
@@ -54,7 +57,8 @@ class PoolEngine:
 
     def run(self, workflow: Workflow, inputs: Mapping[str, Any]) -> WorkflowRun:
         """Run one instance to its end; a failed step is reported in the :class:`WorkflowRun`."""
-        broker = MemoryBroker(store_json=False, lease_seconds=_IN_PROCESS_LEASE_SECONDS)
+        # RetryPolicy retries inside the pool thread, as in-process runs always did: not the broker.
+        broker = MemoryBroker(store_json=False, lease_seconds=_IN_PROCESS_LEASE_SECONDS, broker_retries=False)
         schema = workflow.to_schema()
         instance_id = broker.dispatch_workflow(schema, dict(inputs))
         worker_id = broker.register_worker([schema])

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from ..broker.base import StepAssignment, StepReport
@@ -75,6 +75,12 @@ class Worker:
     and of re-running the finished steps whose reports were still waiting if
     this worker is killed. A graceful stop finishes the step in hand, sends
     every report and gives the steps not started back at once.
+
+    ``queues`` limits the worker to the steps waiting in those queues
+    (``Step(queue="gpu")``); None serves every queue of its workflows. Steps
+    run without their ``RetryPolicy``: a failure is reported at once and the
+    broker schedules the retry, so a retry survives this worker and may run
+    on another one.
     """
 
     def __init__(
@@ -84,8 +90,10 @@ class Worker:
         *,
         heartbeat_interval: float | None = None,
         prefetch: int = 1,
+        queues: Sequence[str] | None = None,
     ) -> None:
         self.client = client
+        self.queues = list(queues) if queues is not None else None
         self.workflows = {(wf.workflow_id, wf.version): wf for wf in workflows}
         if heartbeat_interval is None:
             lease = getattr(client, "lease_seconds", None)
@@ -95,7 +103,7 @@ class Worker:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         self.prefetch = prefetch
         self._schemas = [wf.to_schema() for wf in self.workflows.values()]
-        self.worker_id = client.register_worker(self._schemas)
+        self.worker_id = self._register()
         self.steps_run = 0
         self._stopping = threading.Event()
         self._beat = Heartbeat(client, lambda: self.worker_id, heartbeat_interval)
@@ -236,7 +244,7 @@ class Worker:
         workflow = self.workflows[(assignment.workflow_id, assignment.version)]
         self._beat.current = assignment
         try:
-            execution = run_assignment(workflow, assignment, self._lifecycle)
+            execution = run_assignment(workflow, assignment, self._lifecycle, policy_retries=False)
         finally:
             self._beat.current = None
         report = execution.report
@@ -423,15 +431,20 @@ class Worker:
             self._give_back(unstarted)
         if self._closed:
             raise GaveUp("register again")  # close() deregistered it: the broker was right
-        self.worker_id = self._retrying(
-            "register again", lambda: self.client.register_worker(self._schemas), stoppable=True
-        )
+        self.worker_id = self._retrying("register again", self._register, stoppable=True)
         logger.warning(
             "registered again as worker %s: the broker refused worker %s as dead (%s)",
             self.worker_id,
             old,
             refusal,
         )
+
+    def _register(self) -> str:
+        """A new worker id for its workflows (and queues: clients that predate queues are asked
+        without them when the worker serves every queue)."""
+        if self.queues is None:
+            return self.client.register_worker(self._schemas)
+        return self.client.register_worker(self._schemas, queues=self.queues)
 
     def _retrying(self, what: str, call: Callable[[], T], *, stoppable: bool) -> T:
         return call_retrying(what, call, stopping=self._stopping, stoppable=stoppable)

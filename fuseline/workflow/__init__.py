@@ -10,13 +10,15 @@ from .execution import Outcome
 from .lifecycle import StepLifecycle
 from .policies import Policy, RetryPolicy, StepPolicy, StepTimeoutPolicy, WorkflowPolicy, policy_from_config
 from .runner import NoRunner, Runner, WorkflowRun, default_runner, set_default_runner
+from .scheduling import ConcurrencyLimit, RateLimit, SchedulingPolicy
 from .schema import WorkflowSchema
-from .step import AsyncStep, FunctionStep, Step
+from .step import AsyncStep, FunctionStep, Sleep, Step
 from .workflow import Workflow, workflow_from_functions
 
 __all__ = [
     "AsyncStep",
     "Computed",
+    "ConcurrencyLimit",
     "Condition",
     "Dependency",
     "Depends",
@@ -24,8 +26,11 @@ __all__ = [
     "NoRunner",
     "Outcome",
     "Policy",
+    "RateLimit",
     "RetryPolicy",
     "Runner",
+    "SchedulingPolicy",
+    "Sleep",
     "Step",
     "StepLifecycle",
     "StepPolicy",

@@ -9,11 +9,13 @@ import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import WorkflowDefinitionError
 from .policies import Policy
+from .scheduling import RateLimit, SchedulingPolicy
 from .schema import WorkflowSchema, canonical_json, check_name
-from .step import FunctionStep, Step
+from .step import DEFAULT_QUEUE, FunctionStep, Sleep, Step
 
 
 def topological_order(outputs: Sequence[Step]) -> list[Step]:
@@ -94,17 +96,21 @@ def build_schema(
                 conditions.append(
                     {"step": name, "param": param.name, "description": param.dependency.condition.description}
                 )
-        steps.append(
-            {
-                "name": name,
-                "kind": step.kind,
-                "type": step.type_name,
-                "max_attempts": step.max_attempts,
-                "inputs": [p.name for p in step.parameters if p.is_input],
-                "dependencies": dependencies,
-                "policies": [p.describe() for p in step.policies],
-            }
-        )
+        spec: dict[str, Any] = {
+            "name": name,
+            "kind": step.kind,
+            "type": step.type_name,
+            "max_attempts": step.max_attempts,
+            "inputs": [p.name for p in step.parameters if p.is_input],
+            "dependencies": dependencies,
+            "policies": [p.describe() for p in step.policies],
+        }
+        # Written only when set, so the schemas (and ids) of workflows that use neither keep their hash.
+        if step.queue != DEFAULT_QUEUE:
+            spec["queue"] = step.queue
+        if isinstance(step, Sleep):
+            spec["sleep_seconds"] = step.seconds
+        steps.append(spec)
         for predecessor in step.predecessors:
             actions = step.edge_actions(predecessor)
             for action in sorted(actions, key=lambda a: (a is not None, a or "")):
@@ -119,6 +125,27 @@ def build_schema(
         outputs=tuple(names[o] for o in outputs),
         policies=tuple(p.describe() for p in policies),
     )
+
+
+def check_scheduling(order: Sequence[Step], names: Mapping[Step, str], policies: Sequence[Policy]) -> None:
+    """Refuse limits the broker could not apply: a key that names no workflow input, a rate
+    limit on the whole workflow (it limits a step's starts)."""
+    inputs = {p.name for step in order for p in step.parameters if p.is_input}
+    placed = [(None, p) for p in policies] + [(names[s], p) for s in order for p in s.policies]
+    for step_name, policy in placed:
+        if not isinstance(policy, SchedulingPolicy):
+            continue
+        where = f"step {step_name!r}" if step_name else "the workflow"
+        if step_name is None and isinstance(policy, RateLimit):
+            raise WorkflowDefinitionError(
+                f"{policy!r} on the workflow: a RateLimit limits the starts of a step"
+            )
+        if policy.key is not None and policy.key not in inputs:
+            known = ", ".join(sorted(inputs)) or "none"
+            raise WorkflowDefinitionError(
+                f"{policy!r} on {where}: key {policy.key!r} is not an input of the workflow "
+                f"(its inputs: {known})"
+            )
 
 
 def default_workflow_id(order: Sequence[Step], graph: WorkflowSchema) -> str:

@@ -20,6 +20,8 @@ from typing import Any
 from ..errors import WorkflowDefinitionError
 
 SCHEMA_FORMAT = 1
+#: Policies a broker acts on (it schedules retries and enforces limits), so part of the hash.
+SCHEDULING_POLICIES = frozenset({"retry", "concurrency_limit", "rate_limit"})
 MAX_NAME_LENGTH = 200
 
 
@@ -35,13 +37,22 @@ def check_name(kind: str, value: Any, max_length: int = MAX_NAME_LENGTH) -> str:
     every query is parameterised); control characters such as NUL, which
     PostgreSQL cannot store in text, are refused with a clear message.
     """
-    if not isinstance(value, str) or not value:
-        raise WorkflowDefinitionError(f"{kind} must be a non-empty string, got {value!r}")
-    if len(value) > max_length:
-        raise WorkflowDefinitionError(f"{kind} is {len(value)} characters long; the limit is {max_length}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-        raise WorkflowDefinitionError(f"{kind} {value!r} contains control characters")
+    problem = name_problem(kind, value, max_length)
+    if problem is not None:
+        raise WorkflowDefinitionError(problem)
     return value
+
+
+def name_problem(kind: str, value: Any, max_length: int = MAX_NAME_LENGTH) -> str | None:
+    """What is wrong with a name a user chose (see :func:`check_name`), or None; callers raise
+    the error of their own layer with it (an instance key is checked the same way)."""
+    if not isinstance(value, str) or not value:
+        return f"{kind} must be a non-empty string, got {value!r}"
+    if len(value) > max_length:
+        return f"{kind} is {len(value)} characters long; the limit is {max_length}"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        return f"{kind} {value!r} contains control characters"
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,16 +138,14 @@ class WorkflowSchema:
 
     # -- content --------------------------------------------------------------------------
     def graph(self) -> dict[str, Any]:
-        """The part of the schema a broker acts on; what ``hash`` covers."""
-        return {
-            "steps": [
-                {
-                    "name": s["name"],
-                    "max_attempts": s.get("max_attempts", 3),
-                    "dependencies": s.get("dependencies", {}),
-                }
-                for s in self.steps
-            ],
+        """The part of the schema a broker acts on; what ``hash`` covers.
+
+        Scheduling (a step's queue, a pause, retries and limits the broker
+        applies) is part of it only where a step or the workflow has some, so
+        a workflow without any hashes as it always did.
+        """
+        graph: dict[str, Any] = {
+            "steps": [self._step_graph(s) for s in self.steps],
             "edges": sorted(
                 ([e["source"], e["target"], e.get("action")] for e in self.edges),
                 key=lambda e: (e[0], e[1], e[2] is not None, e[2] or ""),
@@ -148,6 +157,27 @@ class WorkflowSchema:
             "conditions": sorted([c["step"], c.get("param")] for c in self.conditions),
             "outputs": list(self.outputs),
         }
+        scheduling = [p for p in self.policies if p.get("type") in SCHEDULING_POLICIES]
+        if scheduling:
+            graph["scheduling"] = scheduling
+        return graph
+
+    @staticmethod
+    def _step_graph(spec: dict[str, Any]) -> dict[str, Any]:
+        step = {
+            "name": spec["name"],
+            "max_attempts": spec.get("max_attempts", 3),
+            "dependencies": spec.get("dependencies", {}),
+        }
+        scheduling: dict[str, Any] = {
+            key: spec[key] for key in ("queue", "sleep_seconds") if spec.get(key) is not None
+        }
+        policies = [p for p in spec.get("policies", ()) if p.get("type") in SCHEDULING_POLICIES]
+        if policies:
+            scheduling["policies"] = policies
+        if scheduling:
+            step["scheduling"] = scheduling
+        return step
 
     def compute_hash(self) -> str:
         return hashlib.sha256(canonical_json(self.graph()).encode()).hexdigest()

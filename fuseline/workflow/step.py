@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -12,11 +14,27 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..errors import WorkflowDefinitionError
 from ..states import Status
 from .dependencies import Dependency
 
 if TYPE_CHECKING:
     from .policies import Policy
+
+#: The queue of a step that names none, and of every worker that names none.
+DEFAULT_QUEUE = "default"
+#: What a queue name may be: letters, digits and ``_ - . :``, up to 100 characters.
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+def check_queue_name(queue: object) -> str:
+    """A queue name as given, or a clear error (spaces, empty, too long, not text)."""
+    if not isinstance(queue, str) or not _QUEUE_NAME.match(queue):
+        raise WorkflowDefinitionError(
+            f"invalid queue name {queue!r}: use 1 to 100 letters, digits, '_', '-', '.' or ':'"
+        )
+    return queue
+
 
 #: A run_step parameter with this name receives what ``setup`` returned.
 SETUP_PARAMETER = "setup_res"
@@ -105,6 +123,9 @@ class Step:
     #: up with "worker lost" (a crash, hang or partition costs one claim).
     max_attempts: ClassVar[int] = 3
     name: str | None = None
+    #: The queue its runs wait in: a worker claims only the steps of its queues
+    #: (``fuseline worker run --queue gpu``), e.g. to keep GPU steps on GPU machines.
+    queue: str = DEFAULT_QUEUE
 
     def __init__(
         self,
@@ -112,9 +133,13 @@ class Step:
         name: str | None = None,
         policies: Sequence[Policy] | None = None,
         max_attempts: int | None = None,
+        queue: str | None = None,
     ) -> None:
         if name is not None:
             self.name = name
+        if queue is not None:
+            self.queue = queue
+        check_queue_name(self.queue)
         if max_attempts is not None:
             if max_attempts < 1:
                 raise ValueError("max_attempts must be at least 1")
@@ -318,11 +343,12 @@ class FunctionStep(Step):
         name: str | None = None,
         policies: Sequence[Policy] | None = None,
         max_attempts: int | None = None,
+        queue: str | None = None,
     ) -> None:
         if not callable(fn):
             raise TypeError("FunctionStep needs a callable")
         self.fn = fn
-        super().__init__(name=name, policies=policies, max_attempts=max_attempts)
+        super().__init__(name=name, policies=policies, max_attempts=max_attempts, queue=queue)
 
     @classmethod
     def for_function(cls, fn: Callable[..., Any]) -> FunctionStep:
@@ -360,3 +386,30 @@ class FunctionStep(Step):
 
     def _call_body(self, kwargs: dict[str, Any]) -> Any:
         return self.fn(**kwargs)
+
+
+class Sleep(Step):
+    """A pause of ``seconds`` in a workflow, taken without holding a worker.
+
+    On a broker no worker runs it: it waits in the queue until its time, and
+    the broker then completes it itself (its result is None), wherever its
+    workers run. ``Workflow.run`` goes through an in-process broker, so no
+    thread sleeps there either. The pause counts from the moment the step is
+    queued (its predecessors done). ``run_step`` sleeps only for a worker
+    that executes the step itself (the worker guide's ``_execute_step``).
+    """
+
+    def __init__(self, seconds: float, *, name: str | None = None) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise WorkflowDefinitionError(f"Sleep needs a number of seconds, not {seconds!r}")
+        if seconds < 0:
+            raise WorkflowDefinitionError(f"Sleep needs 0 seconds or more, not {seconds!r}")
+        self.seconds = float(seconds)
+        super().__init__(name=name)
+
+    @property
+    def kind(self) -> str:
+        return "sleep"
+
+    def run_step(self) -> None:
+        time.sleep(self.seconds)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from ..errors import WorkflowDefinitionError
 from ..states import Status
 from .execution import Outcome, invoke_step
-from .graph import assign_names, build_schema, default_workflow_id, topological_order
+from .graph import assign_names, build_schema, check_scheduling, default_workflow_id, topological_order
 from .lifecycle import StepLifecycle
-from .policies import Policy, StepPolicy, WorkflowPolicy
+from .policies import Policy, RetryPolicy, StepPolicy, WorkflowPolicy
 from .runner import Runner, WorkflowRun, default_runner
 from .schema import WorkflowSchema, check_name
 from .step import FunctionStep, Step, running_as
@@ -23,7 +24,16 @@ class InstanceDispatcher(Protocol):
     Named here so that the workflow layer does not import the broker layer.
     """
 
-    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any]) -> str: ...
+    def dispatch_workflow(
+        self,
+        schema: WorkflowSchema,
+        inputs: Mapping[str, Any],
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+        priority: int = 0,
+    ) -> str: ...
 
 
 class _PendingInputs(threading.local):
@@ -76,6 +86,7 @@ class Workflow:
         self._order = topological_order(self.outputs)
         self._names = assign_names(self._order)
         self._steps = {name: step for step, name in self._names.items()}
+        check_scheduling(self._order, self._names, self.policies)
         graph = build_schema(self._order, self._names, self.outputs, self.policies, "_", self.version)
         self.workflow_id = (
             check_name("workflow_id", workflow_id)
@@ -171,12 +182,28 @@ class Workflow:
             hook.on_workflow_finished(self, run.status.value, result)
         return run
 
-    def dispatch(self, broker: InstanceDispatcher, inputs: Mapping[str, Any] | None = None) -> str:
+    def dispatch(
+        self,
+        broker: InstanceDispatcher,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+        priority: int = 0,
+    ) -> str:
         """Start an instance on ``broker`` (a ``fuseline.broker.Broker``); returns its id.
 
-        Workers do the rest.
+        Workers do the rest. ``delay`` (seconds) or ``at`` (a timezone-aware
+        datetime): its first steps become claimable then. ``key``: at most one
+        instance per key of this workflow; dispatching the key again returns
+        the existing id when the inputs are equal, and raises KeyConflict
+        when they differ. ``priority``: higher first among claimable steps,
+        inherited by every step of the instance.
         """
-        return broker.dispatch_workflow(self.to_schema(), dict(inputs or {}))
+        return broker.dispatch_workflow(
+            self.to_schema(), dict(inputs or {}), delay=delay, at=at, key=key, priority=priority
+        )
 
     # -- executing one step -------------------------------------------------------------
     def execute_step(
@@ -186,18 +213,26 @@ class Workflow:
         inputs: Mapping[str, Any],
         *,
         lifecycle: StepLifecycle | None = None,
+        policy_retries: bool = True,
     ) -> Outcome:
         """Execute one step once, applying every ``WorkflowPolicy`` and ``StepPolicy``.
 
         ``shared`` maps predecessor Steps to their results and ``inputs`` are
         the instance's inputs. ``lifecycle`` is the scope of ``before_all`` /
         ``after_all`` (a run's or a worker's); by default the workflow's own,
-        which :meth:`close` ends. Returns the :class:`Outcome` (``skipped``
-        when a condition was false) or raises what the step raised. Writes
-        no state: the caller (an engine, ``_execute_step``) records it.
+        which :meth:`close` ends. ``policy_retries=False`` leaves ``RetryPolicy``
+        out: a broker's worker reports the first failure and the broker
+        schedules the retry, durably, instead of this thread sleeping on it.
+        Returns the :class:`Outcome` (``skipped`` when a condition was false)
+        or raises what the step raised. Writes no state: the caller (an
+        engine, ``_execute_step``) records it.
         """
         hooks = [p for p in self.policies if isinstance(p, WorkflowPolicy)]
-        step_policies = [p for p in (*self.policies, *step.policies) if isinstance(p, StepPolicy)]
+        step_policies = [
+            p
+            for p in (*self.policies, *step.policies)
+            if isinstance(p, StepPolicy) and (policy_retries or not isinstance(p, RetryPolicy))
+        ]
         name = self._names.get(step) or step.label
         with running_as(step, name):
             for hook in hooks:

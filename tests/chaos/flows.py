@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fuseline import Computed, Depends, Step, Workflow
+from fuseline.policies import ConcurrencyLimit, RateLimit, RetryPolicy
 
 DATABASE_ENV = "FUSELINE_DATABASE_URL"
 LEDGER_TABLE = "chaos_ledger"
@@ -44,11 +45,13 @@ HOLD_LIMIT_SECONDS = 300.0
 LEDGER_DDL = {
     "postgresql": (
         f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (id bigserial PRIMARY KEY, n integer NOT NULL, "
-        "instance_id text, step text NOT NULL, attempt integer, pid integer NOT NULL)"
+        "instance_id text, step text NOT NULL, attempt integer, pid integer NOT NULL, "
+        "at timestamptz NOT NULL DEFAULT clock_timestamp())"
     ),
     "sqlite": (
         f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (id INTEGER PRIMARY KEY, n integer NOT NULL, "
-        "instance_id text, step text NOT NULL, attempt integer, pid integer NOT NULL)"
+        "instance_id text, step text NOT NULL, attempt integer, pid integer NOT NULL, "
+        "at text NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))"
     ),
 }
 
@@ -284,3 +287,50 @@ class Then(Step):
 
 
 quiet = Workflow(Then(), workflow_id="chaos-quiet", version="1")
+
+
+# -- flow control: a flaky step retried by the broker, then a step under ConcurrencyLimit(3) --------
+
+#: A step of ``limited`` fails on its first execution when its instance's ``n`` is a multiple of this.
+FLAKY_EVERY = 4
+#: The retry delay of ``limited``'s flaky step.
+FLAKY_RETRY_SECONDS = 2.0
+#: At most this many of ``limited``'s narrow step run at once.
+NARROW_LIMIT = 3
+
+
+class Flaky(Step):
+    def run_step(self, n: int) -> int:
+        attempt = ledger.record(n, "flaky")
+        if n % FLAKY_EVERY == 0 and attempt == 1:
+            raise RuntimeError(f"flaky failure of instance {n} (first try)")
+        return n
+
+
+flaky = Flaky(policies=[RetryPolicy(max_retries=2, wait=FLAKY_RETRY_SECONDS)])
+
+
+class Narrow(Step):
+    """Records the time it ran, so overlaps can be counted from the ledger."""
+
+    def run_step(self, n: int, pause: float = 0.05, value: Computed[int] = Depends(flaky)) -> int:
+        ledger.record(n, "narrow")  # its start: the ledger row's time
+        time.sleep(pause)
+        ledger.record(n, "narrow_end")
+        return value * 2
+
+
+limited = Workflow(
+    Narrow(policies=[ConcurrencyLimit(NARROW_LIMIT)]), workflow_id="chaos-limited", version="1"
+)
+
+
+class Paced(Step):
+    def run_step(self, n: int) -> int:
+        ledger.record(n, "paced")
+        return n
+
+
+#: At most RATE_N starts per RATE_PER seconds of ``paced``.
+RATE_N, RATE_PER = 5, 1.0
+paced = Workflow(Paced(policies=[RateLimit(RATE_N, RATE_PER)]), workflow_id="chaos-paced", version="1")

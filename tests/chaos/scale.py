@@ -45,7 +45,7 @@ CRASH_POSTGRES = CrashChaos(
     workers=pick(4, 8), instances=pick(300, 5_000), lease_seconds=pick(2.0, 5.0), kill_every=pick(1.0, 0.5)
 )
 CRASH_SQLITE = CrashChaos(
-    workers=2, instances=pick(60, 200), lease_seconds=pick(2.0, 5.0), kill_every=pick(1.0, 0.5)
+    workers=2, instances=pick(150, 200), lease_seconds=pick(2.0, 5.0), kill_every=pick(0.7, 0.5)
 )
 
 #: Item 4 and 8: the lease of the hung or partitioned worker.
@@ -93,7 +93,7 @@ class Poison:
 
 
 #: Item 10: a step that kills its worker, and the throughput of everything else.
-POISON = Poison(workers=4, instances=pick(2_000, 6_000), lease_seconds=1.0, pause=0.02)
+POISON = Poison(workers=4, instances=pick(3_000, 6_000), lease_seconds=1.0, pause=0.02)
 #: Healthy throughput with the poison step must stay at least this share of the baseline.
 POISON_MIN_RATIO = 0.9
 

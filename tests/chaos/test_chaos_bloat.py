@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from fuseline import Status, StepReport
 from fuseline.broker.base import StepAssignment
 from fuseline.broker.sql import SqlBroker, pg_statements
+from fuseline.workflow.step import DEFAULT_QUEUE
 from tests.chaos import flows
 from tests.chaos.conftest import ChaosDatabase, _test_engine, migrated_postgres
 from tests.chaos.history import assert_invariants
@@ -188,6 +189,7 @@ def explain_claim(engine: sa.Engine) -> str:
         "p_lease_seconds": 60.0,
         "p_workflow_id": schema.workflow_id,
         "p_version": schema.version,
+        "p_queue": DEFAULT_QUEUE,
         "p_floor": None,  # a full scan: the plan that must use the index even from the oldest entry
         "p_dead_after": 120.0,
         "p_seen_every": 20.0,

@@ -20,6 +20,7 @@ COMMANDS = [
     ("instances",),
     ("instances", "list"),
     ("instances", "show"),
+    ("instances", "explain"),
     ("instances", "cancel"),
     ("instances", "retry"),
     ("workers",),
@@ -36,3 +37,33 @@ def test_help_exits_0_with_an_example(sqlite_cli: Cli, command: tuple[str, ...])
     assert "Usage: fuseline" in proc.stdout
     assert "Example:" in proc.stdout
     assert not (sqlite_cli.cwd / "fuseline.db").exists(), "--help touched the database"
+
+
+#: Options added for issue 11: each one's own help shows how it is written.
+OPTIONS = [
+    (("submit",), "--delay"),
+    (("submit",), "--at"),
+    (("submit",), "--key"),
+    (("submit",), "--priority"),
+    (("worker", "run"), "--queue"),
+]
+
+
+def option_help(help_text: str, option: str) -> str:
+    """The help of one option in a command's --help, its wrapped lines joined."""
+    entries: list[list[str]] = []
+    for line in help_text.split("Options:", 1)[1].splitlines():
+        if line.lstrip().startswith("-") and line.startswith("  -"):
+            entries.append([])
+        if entries:
+            entries[-1].append(line)
+    (entry,) = [e for e in entries if option in e[0].replace(",", " ").split()]
+    return " ".join(" ".join(entry).split())
+
+
+@pytest.mark.parametrize(("command", "option"), OPTIONS, ids=[f"{' '.join(c)} {o}" for c, o in OPTIONS])
+def test_each_new_option_shows_an_example(sqlite_cli: Cli, command: tuple[str, ...], option: str) -> None:
+    proc = sqlite_cli.run(*command, "--help")
+
+    assert proc.returncode == 0, proc.stderr
+    assert f"e.g. {option} " in option_help(proc.stdout, option)

@@ -67,25 +67,28 @@ def test_a_branch_runs_only_the_chosen_successor(broker, make_engine):
     assert (wf.CALLS["approve"], wf.CALLS["reject"], wf.CALLS["audit"]) == (0, 1, 0)
 
 
-def test_a_retry_policy_retries_inside_one_claim_until_the_step_succeeds(broker, make_engine):
+def test_a_worker_leaves_retries_to_the_broker_which_queues_the_step_again_until_it_succeeds(
+    broker, make_engine
+):
     instance_id = wf.FLAKY.dispatch(broker, {"x": 3})
 
-    assert make_engine(broker, wf.FLAKY).work() == 1
+    assert make_engine(broker, wf.FLAKY).work() == 3  # one claim per execution
 
     info = broker.get_instance(instance_id)
     assert (info.status, info.result) == (Status.SUCCEEDED, "ok 3")
     assert wf.CALLS["flaky"] == 3
-    assert info.step("flaky").attempt == 1  # policy retries are not broker attempts
+    assert (info.step("flaky").attempt, info.step("flaky").retries) == (3, 2)
+    assert [kind for kind, _ in trail(broker, instance_id)].count("retry_scheduled") == 2
 
 
 def test_an_exhausted_retry_policy_fails_the_step_and_cancels_its_successors(broker, make_engine):
     instance_id = wf.EXHAUSTED.dispatch(broker, {"x": 7})
 
-    assert make_engine(broker, wf.EXHAUSTED).work() == 1
+    assert make_engine(broker, wf.EXHAUSTED).work() == 2
 
     info = broker.get_instance(instance_id)
     step = info.step("always_fails")
-    assert (step.state, step.attempt) == (Status.FAILED, 1)
+    assert (step.state, step.attempt, step.retries) == (Status.FAILED, 2, 1)
     assert "RuntimeError" in step.error
     assert "permanent failure 7" in step.error
     assert info.step("after_failure").state is Status.CANCELLED

@@ -363,7 +363,7 @@ FAIL_FAST_STATES = {
 }
 
 
-# -- RetryPolicy inside the worker -------------------------------------------------------------------
+# -- RetryPolicy: retries the broker schedules (each a claim of its own) ------------------------------
 class Flaky(Step):
     """Fails on its first two calls, then succeeds."""
 

@@ -113,6 +113,7 @@ FUSELINE_TABLES = (
     "fuseline_steps",
     "fuseline_workers",
     "fuseline_events",
+    "fuseline_starts",
     "fuseline_alembic_version",
 )
 

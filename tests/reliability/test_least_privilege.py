@@ -29,6 +29,7 @@ GRANTS = REPOSITORY / "docs" / "least-privilege.sql"
 DATA_TABLES = [
     "fuseline_events",
     "fuseline_instances",
+    "fuseline_starts",
     "fuseline_steps",
     "fuseline_workers",
     "fuseline_workflows",

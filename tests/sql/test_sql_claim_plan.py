@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql import SqlBroker, pg_statements
 from fuseline.broker.sql.queries import claims
 from tests.sql.workflows import diamond
 
@@ -58,27 +58,34 @@ def test_claim_uses_the_partial_queued_index_with_many_finished_steps(
         candidate = plan_of(
             conn,
             "SELECT id FROM fuseline_steps WHERE state = 'QUEUED' AND workflow_id = %(workflow_id)s "
-            "AND version = %(version)s AND available_at <= clock_timestamp() "
-            "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            "AND version = %(version)s AND queue = 'default' AND available_at <= clock_timestamp() "
+            "ORDER BY urgency, available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
             key,
         )
         assert QUEUED_INDEX in candidate, candidate
         assert "Seq Scan on fuseline_steps" not in candidate, candidate
 
-        # the statement the broker runs, as SQLAlchemy compiles it for psycopg
-        claim_statement = claims.for_dialect("postgresql").step_claim_one_workflow
-        compiled = claim_statement.compile(dialect=broker.engine.dialect)
-        params = compiled.construct_params(
-            {
-                "p_workflow_id": schema.workflow_id,
-                "p_version": schema.version,
-                "p_worker_id": "00000000-0000-0000-0000-000000000000",
-                "p_lease_seconds": 30.0,
-            }
-        )
-        claim = plan_of(conn, str(compiled), params)
-        assert QUEUED_INDEX in claim, claim
-        assert "Seq Scan on fuseline_steps" not in claim, claim
+        # the statements the broker runs: the general path's candidates, as SQLAlchemy compiles
+        # them for psycopg, and PostgreSQL's one-statement claim
+        queue_key = (schema.workflow_id, schema.version, "default")
+        candidates = claims.for_dialect("postgresql").candidates([queue_key])
+        compiled = candidates.compile(dialect=broker.engine.dialect)
+        params = compiled.construct_params(claims.ClaimQueries.candidate_params([queue_key], 16))
+        general = plan_of(conn, str(compiled), params)
+        assert QUEUED_INDEX in general, general
+        assert "Seq Scan on fuseline_steps" not in general, general
+        one = {
+            "p_workflow_id": schema.workflow_id,
+            "p_version": schema.version,
+            "p_queue": "default",
+            "p_floor": None,
+            "p_worker_id": "00000000-0000-0000-0000-000000000000",
+            "p_lease_seconds": 30.0,
+            "p_dead_after": 60.0,
+            "p_seen_every": 10.0,
+        }
+        claim = plan_of(conn, pg_statements.step_claim_one_workflow, one)
+        assert QUEUED_INDEX in claim, claim  # (its results subquery reads one instance's steps)
 
     worker = broker.register_worker([schema])
     claimed = broker.get_step(worker)

@@ -117,11 +117,29 @@ def test_hash_changes_when_the_graph_changes(change: dict[str, Any]) -> None:
     assert build(**change).to_schema().hash != build().to_schema().hash
 
 
-def test_hash_ignores_a_retry_policy_config_change() -> None:
+def test_hash_covers_a_retry_policy_the_broker_schedules() -> None:
+    """A broker schedules a step's retries from its stored definition: changing them under the
+    same version would leave running brokers on the old ones, so it is a changed definition."""
     before, after = build(retries=2).to_schema(), build(retries=9).to_schema()
 
     assert before.steps[2]["policies"] != after.steps[2]["policies"]
+    assert before.hash != after.hash
+
+
+def test_hash_ignores_policies_only_workers_apply() -> None:
+    before = Workflow(Load(policies=[StepTimeoutPolicy(5)])).to_schema()
+    after = Workflow(Load(policies=[StepTimeoutPolicy(50)])).to_schema()
+
+    assert before.steps[0]["policies"] != after.steps[0]["policies"]
     assert before.hash == after.hash
+
+
+def test_a_workflow_without_scheduling_hashes_as_it_did() -> None:
+    """Queues, pauses and limits enter the hash only where set: existing ids do not change."""
+    schema = Workflow(Load(), workflow_id="etl").to_schema()
+
+    assert all("scheduling" not in step for step in schema.graph()["steps"])
+    assert "scheduling" not in schema.graph()
 
 
 def test_hash_changes_with_max_attempts() -> None:

@@ -13,7 +13,7 @@ never deadlock; claims lock only QUEUED rows and skip locked ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -23,18 +23,22 @@ from sqlalchemy.exc import DBAPIError
 from ...errors import BrokerError
 from ...workflow.schema import WorkflowSchema
 from .. import base as contract
+from ..dispatching import Dispatch
 from . import migrate as schema_migrations
 from .claimfloor import ClaimFloors, NoFloors
 from .claiming import Claimer, OneStatementClaims, TransactionClaims
 from .database import Database, PostgresDatabase, SqliteDatabase
+from .dispatching import InstanceCreation, OneStatementDispatch
 from .engine import IDLE_IN_TRANSACTION_SECONDS, configure_sqlite, create_database_engine, parse_url
-from .instances import Instances, OneStatementDispatch
+from .explain import Explainer
+from .instances import Instances
 from .leases import HeldLeases, Reaper
 from .pg_connections import DEFAULT_CONNECTIONS
 from .plans import PlanCache
-from .queries import claims, definitions, events, instances, leases, reports, workers
+from .queries import claims, definitions, events, explain, instances, leases, reports, workers
 from .reporting import OneStatementReports, Reporter
 from .rules import InstanceRules
+from .timers import Timers
 from .workers import WorkerRegistry
 
 #: Connections of a broker's engine beyond its own (for code that borrows ``broker.engine``).
@@ -132,25 +136,31 @@ class SqlBroker(contract.Broker):
             self.db, q_workers, q_leases, q_events, self._plans, held, self.lease_seconds
         )
         reaper = Reaper(
-            self.db, q_leases, q_reports, q_events, rules, self._plans, floors,
+            self.db, q_leases, q_reports, q_events, rules, self._plans, floors, q_claims,
             interval=max(0.05, min(self.lease_seconds / 4, 5.0)),
         )  # fmt: skip
         dead_after = self._workers.dead_after
+        general = TransactionClaims(self.db, q_claims, q_workers, q_events, self.lease_seconds, dead_after)
         if one_statement:
             assert isinstance(self.db, PostgresDatabase)
-            source = OneStatementClaims(self.db, self.lease_seconds, dead_after)
-            fast_reports = OneStatementReports(self.db, source)
+            source: OneStatementClaims | TransactionClaims = OneStatementClaims(
+                self.db, self.lease_seconds, dead_after
+            )
+            fast_reports = OneStatementReports(self.db, source)  # type: ignore[arg-type]
             fast_dispatch = OneStatementDispatch(self.db)
         else:
-            source = TransactionClaims(self.db, q_claims, q_workers, q_events, self.lease_seconds, dead_after)
-            fast_reports, fast_dispatch = None, None
-        self._claimer = Claimer(source, floors, reaper, self._workers, held)
+            source, fast_reports, fast_dispatch = general, None, None
+        timers = Timers(self.db, q_reports, q_events, rules, self._plans)
+        self._claimer = Claimer(source, general, floors, reaper, timers, self._workers, held)
         self._reporter = Reporter(
             self.db, q_reports, q_events, rules, self._plans, self._workers, held, self._claimer,
             fast_reports, self.max_result_bytes,
         )  # fmt: skip
-        self._instances = Instances(
-            self.db, instances.for_dialect(dialect), q_reports, q_events, rules, self._plans, fast_dispatch
+        q_instances = instances.for_dialect(dialect)
+        self._instances = Instances(self.db, q_instances, q_reports, q_events, rules, self._plans)
+        self._creation = InstanceCreation(self.db, q_instances, q_events, self._plans, fast_dispatch)
+        self._explainer = Explainer(
+            self.db, explain.for_dialect(dialect), q_claims, q_instances, self._plans, dead_after
         )
 
     @classmethod
@@ -176,9 +186,14 @@ class SqlBroker(contract.Broker):
         self._plans.remember(plans)
 
     def register_worker(
-        self, schemas: Sequence[WorkflowSchema], *, host: str | None = None, pid: int | None = None
+        self,
+        schemas: Sequence[WorkflowSchema],
+        *,
+        host: str | None = None,
+        pid: int | None = None,
+        queues: Sequence[str] | None = None,
     ) -> str:
-        return self._workers.register(schemas, host, pid)
+        return self._workers.register(schemas, host, pid, queues)
 
     def deregister_worker(self, worker_id: str) -> None:
         self._workers.deregister(worker_id)
@@ -217,11 +232,11 @@ class SqlBroker(contract.Broker):
         return self._reporter.report_and_claim(worker_id, report)
 
     # -- instances -------------------------------------------------------------------------
-    def dispatch_workflow(self, schema: WorkflowSchema, inputs: Mapping[str, Any] | None = None) -> str:
-        return self._instances.dispatch(schema, [inputs if inputs is not None else {}])[0]
+    def dispatch_instances(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
+        return self._creation.dispatch(schema, dispatches)
 
-    def dispatch_many(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
-        return self._instances.dispatch(schema, inputs)
+    def explain_instance(self, instance_id: str) -> list[contract.StepExplanation]:
+        return self._explainer.explain(instance_id)
 
     def get_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.get(instance_id)

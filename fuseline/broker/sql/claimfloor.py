@@ -38,14 +38,20 @@ FULL_SCAN_SECONDS = 10.0
 RESCAN_WHEN_EMPTY_SECONDS = 1.0
 
 
+#: What a floor belongs to: (workflow_id, version, queue).
+Key = tuple[str, str, str]
+
+
 class ClaimFloors:
-    """Per (workflow_id, version): the available_at below which claims need not look."""
+    """Per (workflow_id, version, queue): the available_at below which claims of steps of the
+    default priority need not look. Steps of other priorities are always read from their
+    first entry (they are the exception, and a floor would hide newer, more urgent ones)."""
 
     def __init__(self) -> None:
-        self._floors: dict[tuple[str, str], datetime] = {}
+        self._floors: dict[Key, datetime] = {}
         self._last_full_scan = float("-inf")
 
-    def for_next_claim(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
+    def for_next_claim(self, keys: Sequence[Key]) -> list[datetime | None]:
         """The floors the next claim reads from: all None (a full scan) once per
         ``FULL_SCAN_SECONDS``, which this call counts as done."""
         if self._due(FULL_SCAN_SECONDS):
@@ -63,27 +69,25 @@ class ClaimFloors:
         self._last_full_scan = now
         return True
 
-    def follow(self, claimed: Sequence[tuple[str, str, datetime]]) -> None:
-        """Move each workflow's floor to just below the oldest step just claimed from it.
+    def follow(self, claimed: Sequence[tuple[Key, int, datetime]]) -> None:
+        """Move each key's floor to just below the oldest default-priority step just claimed.
 
-        ``claimed`` holds (workflow_id, version, available_at) in queue order.
+        ``claimed`` holds (key, urgency, available_at) in queue order.
         """
-        seen: set[tuple[str, str]] = set()
-        for workflow_id, version, available_at in claimed:
-            key = (workflow_id, version)
-            if key not in seen:
+        seen: set[Key] = set()
+        for key, urgency, available_at in claimed:
+            if urgency == 0 and key not in seen:
                 seen.add(key)
                 self._floors[key] = available_at - FLOOR_SLACK
 
-    def lower(self, requeued: Sequence[tuple[str, str, datetime | None]]) -> None:
+    def lower(self, requeued: Sequence[tuple[Key, datetime | None]]) -> None:
         """Steps put back at their old place in line (expired leases): the next claims see them.
 
-        ``requeued`` holds (workflow_id, version, available_at). Only this
-        broker's floors move; other brokers find the steps at their next full
-        scan, and this one (which reaped them while claiming) claims them first.
+        ``requeued`` holds (key, available_at). Only this broker's floors move;
+        other brokers find the steps at their next full scan, and this one
+        (which reaped them while claiming) claims them first.
         """
-        for workflow_id, version, available_at in requeued:
-            key = (workflow_id, version)
+        for key, available_at in requeued:
             current = self._floors.get(key)
             if available_at is not None and current is not None and available_at - FLOOR_SLACK < current:
                 self._floors[key] = available_at - FLOOR_SLACK
@@ -92,14 +96,14 @@ class ClaimFloors:
 class NoFloors(ClaimFloors):
     """Claims that always read the whole queue (the general path: its claim takes no floor)."""
 
-    def for_next_claim(self, keys: Sequence[tuple[str, str]]) -> list[datetime | None]:
+    def for_next_claim(self, keys: Sequence[Key]) -> list[datetime | None]:
         return [None] * len(keys)
 
     def rescan_when_empty(self) -> bool:
         return False
 
-    def follow(self, claimed: Sequence[tuple[str, str, datetime]]) -> None:
+    def follow(self, claimed: Sequence[tuple[Key, int, datetime]]) -> None:
         pass
 
-    def lower(self, requeued: Sequence[tuple[str, str, datetime | None]]) -> None:
+    def lower(self, requeued: Sequence[tuple[Key, datetime | None]]) -> None:
         pass

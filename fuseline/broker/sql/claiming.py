@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Connection
+
 from ...states import EventKind
 from ..base import StepAssignment
 from . import pg_statements
@@ -25,9 +27,13 @@ from .queries.claims import ClaimQueries
 from .queries.events import EventQueries
 from .queries.workers import WorkerQueries
 from .rows import ClaimRow, results_object
+from .timers import Timers
 from .workers import WorkerRegistry
 
-Key = tuple[str, str]
+Key = tuple[str, str, str]  # workflow_id, version, queue
+#: The general path reads at least this many candidates, so a few gated ones held back by
+#: their limits do not hide the claimable steps behind them.
+SCAN_AT_LEAST = 16
 Floors = Sequence[datetime | None]
 
 
@@ -53,10 +59,15 @@ class OneStatementClaims:
             "p_seen_every": self.dead_after / 6,
         }
         if len(keys) == 1:
-            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1], p_floor=floors[0])
+            params.update(
+                p_workflow_id=keys[0][0], p_version=keys[0][1], p_queue=keys[0][2], p_floor=floors[0]
+            )
         else:
             params.update(
-                p_workflow_ids=[k[0] for k in keys], p_versions=[k[1] for k in keys], p_floors=list(floors)
+                p_workflow_ids=[k[0] for k in keys],
+                p_versions=[k[1] for k in keys],
+                p_queues=[k[2] for k in keys],
+                p_floors=list(floors),
             )
         return params
 
@@ -77,7 +88,8 @@ class OneStatementClaims:
 
 @dataclass
 class TransactionClaims:
-    """The general path: claim, read the inputs and results, log, in one transaction per claim."""
+    """The general path: in one transaction, read the first candidates in queue order, check the
+    limits of those a limit gates (:class:`Gate`), claim, read inputs and results, log."""
 
     db: Database
     claims: ClaimQueries
@@ -87,43 +99,48 @@ class TransactionClaims:
     dead_after: float
 
     def claim(self, worker_id: str, keys: Sequence[Key], floors: Floors, limit: int) -> list[ClaimRow]:
+        alive = {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
         claimed: list[ClaimRow] = []
-        while len(claimed) < limit:
-            row = self._claim_one(worker_id, keys)
-            if row is None:
-                break
-            claimed.append(row)
+        history = History()
+        with self.db.transaction() as conn:
+            if conn.execute(self.workers.worker_is_alive, alive).first() is None:
+                return []
+            conn.execute(self.workers.worker_seen, {**alive, "p_seen_every": self.dead_after / 6})
+            scan = self.claims.candidate_params(keys, max(limit * 4, SCAN_AT_LEAST))
+            gate = Gate(conn, self.claims)
+            for candidate in conn.execute(self.claims.candidates(keys), scan).all():
+                if candidate.gated and not gate.admits(candidate):
+                    continue
+                row = self._claim(conn, worker_id, candidate)
+                if row is None:
+                    continue
+                history.add(row.instance_id, EventKind.CLAIMED, row.name, row.attempt, worker_id)
+                claimed.append(row)
+                if len(claimed) == limit:
+                    break
+            history.write(conn, self.events)
         return claimed
 
-    def _claim_one(self, worker_id: str, keys: Sequence[Key]) -> ClaimRow | None:
-        params: dict[str, Any] = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
-        if len(keys) == 1:
-            statement = self.claims.step_claim_one_workflow
-            params.update(p_workflow_id=keys[0][0], p_version=keys[0][1])
-        else:
-            statement = self.claims.step_claim_many_workflows
-            params["p_keys"] = list(keys)
-        with self.db.transaction() as conn:
-            alive = {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
-            if conn.execute(self.workers.worker_is_alive, alive).first() is None:
-                return None
-            conn.execute(self.workers.worker_seen, {**alive, "p_seen_every": self.dead_after / 6})
-            row = conn.execute(statement, params).first()
-            if row is None:
-                return None
-            inputs = conn.execute(
-                self.claims.instance_inputs, {"p_instance_id": row.instance_id}
-            ).scalar_one()
-            names = json.loads(row.inputs_from) if row.inputs_from else []
-            results: dict[str, str | None] = {}
-            if names:
-                found = conn.execute(
-                    self.claims.step_results, {"p_instance_id": row.instance_id, "p_names": names}
-                )
-                results = {r.name: r.result for r in found}
-            history = History()
-            history.add(row.instance_id, EventKind.CLAIMED, row.name, row.attempt, worker_id)
-            history.write(conn, self.events)
+    def _claim(self, conn: Connection, worker_id: str, candidate: Any) -> ClaimRow | None:
+        params = {"p_id": candidate.id, "p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
+        row = conn.execute(self.claims.step_claim, params).first()
+        if row is None:
+            return None
+        if candidate.rate_n is not None:
+            conn.execute(
+                self.claims.start_insert,
+                {"workflow_id": row.workflow_id, "step_name": row.name, "limit_key": candidate.limit_key},
+            )
+        if candidate.instance_started is None:
+            conn.execute(self.claims.instance_mark_started, {"p_instance_id": row.instance_id})
+        inputs = conn.execute(self.claims.instance_inputs, {"p_instance_id": row.instance_id}).scalar_one()
+        names = json.loads(row.inputs_from) if row.inputs_from else []
+        results: dict[str, str | None] = {}
+        if names:
+            found = conn.execute(
+                self.claims.step_results, {"p_instance_id": row.instance_id, "p_names": names}
+            )
+            results = {r.name: r.result for r in found}
         return ClaimRow.of(
             (
                 row.instance_id,
@@ -136,8 +153,52 @@ class TransactionClaims:
                 inputs,
                 results_object(results),
                 row.available_at,
+                row.urgency,
+                row.queue,
             )
         )
+
+
+@dataclass
+class Gate:
+    """Whether a candidate's limits let it start now, counted from live rows in this transaction.
+
+    On PostgreSQL each limit is first locked for the transaction (``pg_try_advisory_xact_lock``;
+    a limit another claimer is deciding on is skipped, never waited for), and counted by a later
+    statement, whose snapshot sees every claim of that limit committed before: so two claimers
+    never both take the last slot. Claims made earlier in this transaction count too. SQLite
+    runs one writer at a time.
+    """
+
+    conn: Connection
+    claims: ClaimQueries
+
+    def admits(self, c: Any) -> bool:
+        name = {"p_workflow_id": c.workflow_id, "p_name": c.name, "p_limit_key": c.limit_key}
+        if c.concurrency_max is not None:
+            if not self._lock(f"c|{c.workflow_id}|{c.name}|{c.limit_key}"):
+                return False
+            if self.conn.execute(self.claims.steps_running_of_limit, name).scalar_one() >= c.concurrency_max:
+                return False
+        if c.rate_n is not None:
+            if not self._lock(f"r|{c.workflow_id}|{c.name}|{c.limit_key}"):
+                return False
+            count, _ = self.conn.execute(self.claims.starts_in_window, {**name, "p_per": c.rate_per}).one()
+            if count >= c.rate_n:
+                return False
+        if c.instance_concurrency_max is not None and c.instance_started is None:
+            if not self._lock(f"w|{c.workflow_id}|{c.instance_limit_key}"):
+                return False
+            held = {"p_workflow_id": c.workflow_id, "p_limit_key": c.instance_limit_key}
+            if self.conn.execute(self.claims.instances_in_progress_of_limit, held).scalar_one() >= (
+                c.instance_concurrency_max
+            ):
+                return False
+        return True
+
+    def _lock(self, name: str) -> bool:
+        statement = self.claims.limit_lock()
+        return statement is None or bool(self.conn.execute(statement, {"p_lock": name}).scalar_one())
 
 
 @dataclass
@@ -145,17 +206,25 @@ class Claimer:
     """Hands queued steps to a worker: reaping when due, from the floors on, refusing the dead."""
 
     source: ClaimSource
+    #: Claims for workers whose workflows have limits: the general path, checking each candidate.
+    gated: ClaimSource
     floors: ClaimFloors
     reaper: Reaper
+    timers: Timers
     workers: WorkerRegistry
     held: HeldLeases
 
     def claim(self, worker_id: str, limit: int) -> list[StepAssignment]:
         """Up to ``limit`` steps for the worker, in queue order; WorkerExpired if it is dead."""
-        keys = self.workers.keys_of(worker_id)
-        if not keys:
+        serving = self.workers.keys_of(worker_id)
+        if not serving:
             return []
-        rows = self.reaper.reaping(lambda: self.from_floors(worker_id, keys, limit))
+        self.timers.complete_due((k[0], k[1]) for k in serving.keys)
+        if serving.gated:
+            claim = lambda: self.gated.claim(worker_id, serving.keys, [], limit)  # noqa: E731
+        else:
+            claim = lambda: self.from_floors(worker_id, serving.keys, limit)  # noqa: E731
+        rows = self.reaper.reaping(claim)
         if not rows:
             self.workers.check_alive(worker_id)
             return []
@@ -174,4 +243,6 @@ class Claimer:
         return rows
 
     def follow(self, rows: Sequence[ClaimRow]) -> None:
-        self.floors.follow([(row.workflow_id, row.version, row.available_at) for row in rows])
+        self.floors.follow(
+            [((row.workflow_id, row.version, row.queue), row.urgency, row.available_at) for row in rows]
+        )

@@ -203,7 +203,10 @@ def sqlite_now() -> str:
     return datetime.now(timezone.utc).strftime(_SQLITE_TIME_FORMAT)
 
 
-def sqlite_now_plus(seconds: float) -> str:
+def sqlite_now_plus(seconds: float | None) -> str | None:
+    """``fuseline_now_plus(seconds)``: NULL for NULL, as PostgreSQL's interval arithmetic gives."""
+    if seconds is None:
+        return None
     return (datetime.now(timezone.utc) + timedelta(seconds=float(seconds))).strftime(_SQLITE_TIME_FORMAT)
 
 

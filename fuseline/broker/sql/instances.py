@@ -1,8 +1,8 @@
-"""Instances: dispatching them, reading them, cancelling and retrying them."""
+"""Instances: reading them, cancelling and retrying them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,13 +10,9 @@ from sqlalchemy import Connection, Row
 
 from ...errors import InvalidTransition, UnknownInstance
 from ...states import EventKind, Status
-from ...workflow.schema import WorkflowSchema
-from .. import codec
 from ..base import InstanceEvent, InstanceInfo, InstancePage
-from ..dag import WorkflowPlan
-from ..ids import instance_uuid, new_id
-from . import pg_statements
-from .database import Database, PostgresDatabase
+from ..ids import instance_uuid
+from .database import Database
 from .history import History
 from .plans import PlanCache
 from .queries.events import EventQueries
@@ -27,30 +23,8 @@ from .rules import InstanceRules
 
 
 @dataclass
-class OneStatementDispatch:
-    """PostgreSQL: create instances, their steps and events in one statement."""
-
-    db: PostgresDatabase
-
-    def dispatch(self, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
-        roots = set(plan.roots)
-        self.db.rows(
-            pg_statements.instances_dispatch,
-            {
-                "p_workflow_id": plan.workflow_id,
-                "p_version": plan.version,
-                "p_ids": ids,
-                "p_inputs": encoded,
-                "p_names": list(plan.order),
-                "p_roots": [name in roots for name in plan.order],
-                "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
-            },
-        )
-
-
-@dataclass
 class Instances:
-    """Dispatching, reading, cancelling and retrying instances."""
+    """Reading, cancelling and retrying instances (creating them: :mod:`.dispatching`)."""
 
     db: Database
     queries: InstanceQueries
@@ -58,53 +32,6 @@ class Instances:
     events: EventQueries
     rules: InstanceRules
     plans: PlanCache
-    #: PostgreSQL's one-statement dispatch; None where there is none.
-    one_statement: OneStatementDispatch | None
-
-    # -- dispatch ------------------------------------------------------------------------
-    def dispatch(self, schema: WorkflowSchema, inputs: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Create one instance per inputs mapping, all in one transaction."""
-        encoded = [codec.encode_inputs(i) for i in inputs]
-        ids = [new_id() for _ in encoded]
-        plan = self.plans.cached(schema.key)
-        if ids and self.one_statement is not None and plan is not None and plan.hash == schema.hash:
-            self.one_statement.dispatch(plan, ids, encoded)
-            return ids
-        with self.db.transaction() as conn:
-            plans = self.plans.store(conn, [schema])
-            if ids:
-                self._insert(conn, plans[schema.key], ids, encoded)
-        self.plans.remember(plans)
-        return ids
-
-    def _insert(self, conn: Connection, plan: WorkflowPlan, ids: list[str], encoded: list[str]) -> None:
-        roots = set(plan.roots)
-        history = History()
-        instance_rows, queued_rows, pending_rows = [], [], []
-        for instance_id, text in zip(ids, encoded, strict=True):
-            instance_rows.append(
-                {"id": instance_id, "workflow_id": plan.workflow_id, "version": plan.version, "inputs": text}
-            )
-            history.add(instance_id, EventKind.DISPATCHED)
-            for name in plan.order:
-                row = {
-                    "instance_id": instance_id,
-                    "workflow_id": plan.workflow_id,
-                    "version": plan.version,
-                    "name": name,
-                    "max_attempts": plan.nodes[name].max_attempts,
-                }
-                if name in roots:
-                    queued_rows.append(row)
-                    history.add(instance_id, EventKind.QUEUED, name)
-                else:
-                    pending_rows.append(row)
-        conn.execute(self.queries.instance_insert, instance_rows)
-        conn.execute(self.queries.steps_insert_queued, queued_rows)
-        if pending_rows:
-            conn.execute(self.queries.steps_insert_pending, pending_rows)
-        history.write(conn, self.events)
-        self.db.announce_work(conn)
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, instance_id: str) -> InstanceInfo:

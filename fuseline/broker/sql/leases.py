@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import Row
 
 from ...states import EventKind
+from ...workflow.scheduling import RATE_WINDOW_MAX
 from ..base import StepAssignment
 from ..reports import WORKER_LOST
 from .claimfloor import ClaimFloors
 from .database import Database
 from .history import History
 from .plans import PlanCache
+from .queries.claims import ClaimQueries
 from .queries.events import EventQueries
 from .queries.leases import LeaseQueries
 from .queries.reports import ReportQueries
@@ -24,6 +26,8 @@ from .rules import InstanceRules
 
 #: At most this many expired leases are handled per reaper pass.
 REAP_BATCH = 100
+#: At most this many RateLimit starts older than any window are deleted per reaper pass.
+PRUNE_BATCH = 1000
 
 HeldStep = tuple[str, str, int]  # instance id, step name, attempt
 
@@ -79,7 +83,8 @@ class HeldLeases:
 
 @dataclass
 class Reaper:
-    """Queues again the steps whose lease expired, and fails those on their last attempt.
+    """Queues again the steps whose lease expired, fails those on their last attempt, and prunes
+    the RateLimit starts that no window counts any more.
 
     Any broker does this while claiming (at most every ``interval`` seconds,
     and when a claim finds nothing), so no separate daemon is needed.
@@ -95,6 +100,7 @@ class Reaper:
     rules: InstanceRules
     plans: PlanCache
     floors: ClaimFloors
+    claims: ClaimQueries
     #: Seconds between reaper passes.
     interval: float
     _next: float = field(default=0.0, init=False)
@@ -122,12 +128,15 @@ class Reaper:
             expired = conn.execute(self.leases.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
             if expired:
                 conn.execute(self.leases.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
-                self.floors.lower([(r.workflow_id, r.version, aware(r.available_at)) for r in expired])
+                self.floors.lower(
+                    [((r.workflow_id, r.version, r.queue), aware(r.available_at)) for r in expired]
+                )
                 self.db.announce_work(conn)
                 for r in expired:
                     history.add(r.instance_id, EventKind.LEASE_EXPIRED, r.name, r.attempt, r.worker_id)
                 history.write(conn, self.events)
             final = conn.execute(self.leases.steps_expired_final, {"p_limit": REAP_BATCH}).all()
+            conn.execute(self.claims.starts_prune, {"p_window": RATE_WINDOW_MAX, "p_limit": PRUNE_BATCH})
         for row in final:
             self._fail_lost_step(row)
         return len(expired) + len(final)

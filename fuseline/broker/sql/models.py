@@ -15,7 +15,9 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -76,6 +79,16 @@ class InstanceRow(Base):
         Index("ix_fuseline_instances_created_at", "created_at"),
         Index("ix_fuseline_instances_status_created_at", "status", "created_at"),
         Index("ix_fuseline_instances_workflow_id_created_at", "workflow_id", "created_at"),
+        # At most one instance per key of a workflow (NULL keys do not collide).
+        Index("ix_fuseline_instances_workflow_id_key", "workflow_id", "key", unique=True),
+        # A workflow ConcurrencyLimit counts the instances in progress (started, not finished).
+        Index(
+            "ix_fuseline_instances_workflow_id_limit_key",
+            "workflow_id",
+            "limit_key",
+            postgresql_where=text("status = 'RUNNING' AND started_at IS NOT NULL"),
+            sqlite_where=text("status = 'RUNNING' AND started_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
@@ -88,6 +101,14 @@ class InstanceRow(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: The idempotency key it was dispatched with (migration 0005).
+    key: Mapped[str | None] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: Its first claim: from then on it counts against its workflow's ConcurrencyLimit.
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Its workflow's ConcurrencyLimit(max), and the value of that limit's key input (JSON).
+    concurrency_max: Mapped[int | None] = mapped_column(Integer)
+    limit_key: Mapped[str | None] = mapped_column(Text)
 
 
 class StepRow(Base):
@@ -111,10 +132,21 @@ class StepRow(Base):
             "ix_fuseline_steps_queued",
             "workflow_id",
             "version",
+            "queue",
+            "urgency",
             "available_at",
             "id",
             postgresql_where=text("state = 'QUEUED'"),
             sqlite_where=text("state = 'QUEUED'"),
+        ),
+        # A step ConcurrencyLimit counts the steps running now, per key value.
+        Index(
+            "ix_fuseline_steps_running_limit",
+            "workflow_id",
+            "name",
+            "limit_key",
+            postgresql_where=text("state = 'RUNNING'"),
+            sqlite_where=text("state = 'RUNNING'"),
         ),
         # The reaper: RUNNING steps whose lease expired.
         Index(
@@ -158,6 +190,43 @@ class StepRow(Base):
     available_at: Mapped[datetime | None] = mapped_column(Timestamp)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Minus its instance's priority: the queue index orders by it, ascending (migration 0005).
+    urgency: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    queue: Mapped[str] = mapped_column(String(100), server_default="default")
+    #: RetryPolicy retries the broker scheduled after failures.
+    retries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: Leases that ran out (the lost-worker budget, counted apart from retries and releases).
+    lost: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    #: A limit applies to it (its own, or its workflow's): claims check it one by one.
+    gated: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    concurrency_max: Mapped[int | None] = mapped_column(Integer)
+    rate_n: Mapped[int | None] = mapped_column(Integer)
+    rate_per: Mapped[float | None] = mapped_column(Float)
+    #: The value of its limit's key input (JSON text), or None.
+    limit_key: Mapped[str | None] = mapped_column(Text)
+
+
+class StartRow(Base):
+    """When a step under a RateLimit was claimed: the sliding window counts these."""
+
+    __tablename__ = "fuseline_starts"
+    __table_args__ = (
+        Index(
+            "ix_fuseline_starts_workflow_id_step_name_limit_key_at",
+            "workflow_id",
+            "step_name",
+            "limit_key",
+            "at",
+        ),
+        # The reaper prunes the rows older than any window (RATE_WINDOW_MAX) by this one.
+        Index("ix_fuseline_starts_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    workflow_id: Mapped[str] = mapped_column(Name)
+    step_name: Mapped[str] = mapped_column(Name)
+    limit_key: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class WorkerRow(Base):
@@ -173,6 +242,8 @@ class WorkerRow(Base):
     started_at: Mapped[datetime] = mapped_column(Timestamp)
     last_heartbeat: Mapped[datetime] = mapped_column(Timestamp)
     stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: JSON list of the queues it claims from; NULL: every queue of its workflows.
+    queues: Mapped[str | None] = mapped_column(Text)
 
 
 class EventRow(Base):
@@ -201,3 +272,4 @@ instances = InstanceRow.__table__
 steps = StepRow.__table__
 workers = WorkerRow.__table__
 events = EventRow.__table__
+starts = StartRow.__table__

@@ -56,45 +56,65 @@ _WORKER_SEEN = """seen AS (
     )"""
 
 
-def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable: bool = False) -> str:
-    """A claim statement: the QUEUED steps (of one workflow, or of ``many``) that became
-    available first, marked RUNNING for this worker and logged, each returned with the instance
-    inputs and the predecessors' results (as one JSON object).
+def _candidates(key: dict[str, str], limit: str, floor: str) -> list[str]:
+    """The three ordered walks of the queued-steps index for one (workflow, version, queue):
+    more urgent than the default priority, the default priority from the broker's floor on,
+    less urgent. Each is an index range in queue order (urgency, then available_at), and each
+    takes ``{limit}`` rows at most, skipping rows other claimers hold."""
+    base = f"""FROM fuseline_steps
+                 WHERE state = 'QUEUED' AND workflow_id = {key["workflow_id"]}
+                   AND version = {key["version"]} AND queue = {key["queue"]}
+                   AND available_at <= clock_timestamp()
+                   AND {_WORKER_ALIVE}"""
+    columns = "SELECT id, urgency, available_at"
+    locked = f"LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    # Only the constants of this module are pasted in (S608 is about user input).
+    return [
+        f"{columns} {base} AND urgency < 0 ORDER BY urgency, available_at, id {locked}",
+        f"""{columns} {base} AND urgency = 0 AND available_at >= COALESCE({floor}, '-infinity')
+                 ORDER BY available_at, id {locked}""",
+        f"{columns} {base} AND urgency > 0 ORDER BY urgency, available_at, id {locked}",
+    ]
 
-    One step is picked by ``id = (SELECT ... LIMIT 1)``; a batch by ``id = ANY(ARRAY(...))``,
-    which runs the locking subquery exactly once (an ``IN`` may be planned as a join that runs
-    it again and claims more than the limit). Several workflows are searched one at a time
-    (a lateral subquery per workflow, each an ordered walk of the queued-steps index): a
-    ``(workflow_id, version) IN (...)`` condition cannot use that index's order and sorts every
-    queued row instead. Each workflow is read from the broker's floor on (``p_floor`` or
-    ``p_floors``; NULL reads from the oldest entry): see :mod:`.claimfloor`.
+
+def _union(walks: list[str]) -> str:
+    """The walks as one row source (a locking walk may be part of a UNION only as a subquery)."""
+    return " UNION ALL ".join(f"(SELECT * FROM ({walk}) AS w{n})" for n, walk in enumerate(walks))  # noqa: S608
+
+
+def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable: bool = False) -> str:
+    """A claim statement: the QUEUED steps (of one workflow and queue, or of ``many``) first in
+    queue order (the highest priority, then the one that became available first), marked
+    RUNNING for this worker and logged, each returned with the instance inputs and the
+    predecessors' results (as one JSON object).
+
+    A step is searched by three index walks (see ``_candidates``): only the bulk, the
+    default priority, is read from the broker's floor on (``p_floor`` / ``p_floors``; NULL
+    reads from the oldest entry; see :mod:`.claimfloor`), so a step of another priority is
+    never hidden below a floor. One step is picked by ``COALESCE`` of the three walks, which
+    runs a later walk only when the earlier found nothing; a batch by ``id = ANY(ARRAY(...))``
+    over the three, which runs the locking subqueries exactly once. Several keys are searched
+    one at a time (a lateral subquery per key): ``(workflow_id, version, queue) IN (...)``
+    cannot use the index's order and would sort every queued row.
     """
     limit = "%(p_limit)s" if batch else "1"
-    # Only the constants of this module are pasted in (S608 is about user input).
     if many:
-        pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]),
-                                        CAST(%(p_versions)s AS text[]),
-                                        CAST(%(p_floors)s AS timestamptz[])) AS k(workflow_id, version, floor)
-                     CROSS JOIN LATERAL (
-                        SELECT id, available_at FROM fuseline_steps
-                         WHERE state = 'QUEUED'
-                           AND workflow_id = k.workflow_id AND version = k.version
-                           AND available_at >= COALESCE(k.floor, '-infinity')
-                           AND available_at <= clock_timestamp()
-                           AND {_WORKER_ALIVE}
-                         ORDER BY available_at, id LIMIT {limit}
-                           FOR UPDATE SKIP LOCKED) AS q
-                     ORDER BY q.available_at, q.id LIMIT {limit}"""  # noqa: S608
+        key = {"workflow_id": "k.workflow_id", "version": "k.version", "queue": "k.queue"}
+        walks = _union(_candidates(key, limit, "k.floor"))
+        pick = f"""SELECT q.id FROM unnest(CAST(%(p_workflow_ids)s AS text[]), CAST(%(p_versions)s AS text[]),
+                                        CAST(%(p_queues)s AS text[]), CAST(%(p_floors)s AS timestamptz[]))
+                                 AS k(workflow_id, version, queue, floor)
+                     CROSS JOIN LATERAL ({walks}) AS q
+                     ORDER BY q.urgency, q.available_at, q.id LIMIT {limit}"""  # noqa: S608
     else:
-        pick = f"""SELECT id FROM fuseline_steps
-                      WHERE state = 'QUEUED'
-                        AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
-                        AND available_at >= COALESCE(CAST(%(p_floor)s AS timestamptz), '-infinity')
-                        AND available_at <= clock_timestamp()
-                        AND {_WORKER_ALIVE}
-                      ORDER BY available_at, id LIMIT {limit}
-                        FOR UPDATE SKIP LOCKED"""  # noqa: S608
-    picked = f"id = ANY(ARRAY({pick}))" if batch else f"id = ({pick})"
+        key = {"workflow_id": "%(p_workflow_id)s", "version": "%(p_version)s", "queue": "%(p_queue)s"}
+        walks = _candidates(key, limit, "CAST(%(p_floor)s AS timestamptz)")
+        if batch:
+            union = _union(walks)
+            pick = f"SELECT q.id FROM ({union}) AS q ORDER BY q.urgency, q.available_at, q.id LIMIT {limit}"  # noqa: S608
+        else:
+            pick = "SELECT COALESCE(" + ", ".join(f"(SELECT id FROM ({walk}) AS w)" for walk in walks) + ")"  # noqa: S608
+    picked = f"id = ANY(ARRAY({pick}))" if batch or many else f"id = ({pick})"
     # A claim on its own commits without waiting for the flush; one that shares a report's
     # transaction (``durable``) must not change how that transaction commits.
     nondurable = "" if durable else _NONDURABLE + ","
@@ -111,7 +131,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
          WHERE {picked}
            AND state = 'QUEUED'{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
-                  started_at, lease_expires_at, available_at
+                  started_at, lease_expires_at, available_at, urgency, queue
     ),
     logged AS (
         INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
@@ -125,9 +145,9 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
               FROM fuseline_steps p
              WHERE p.instance_id = c.instance_id
                AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results,
-           c.available_at
+           c.available_at, c.urgency, c.queue
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
-     ORDER BY c.available_at, c.id
+     ORDER BY c.urgency, c.available_at, c.id
 """  # noqa: S608
 
 
@@ -289,31 +309,45 @@ steps_succeed_batch = f"""
     SELECT n, (SELECT count(*) FROM announced) FROM done
 """  # noqa: S608
 
-#: Create instances (ids and inputs as parallel arrays) with all their steps (roots QUEUED,
-#: the rest PENDING), log them, and wake idle workers.
+#: Create instances (ids, inputs, urgencies, delays and times as parallel arrays) with all their
+#: steps (roots QUEUED, available then; the rest PENDING), each step carrying its scheduling (queue,
+#: limits: parallel arrays over the workflow's steps), log them, and wake idle workers.
 instances_dispatch = f"""
-    WITH created AS (
-        INSERT INTO fuseline_instances (id, workflow_id, version, status, inputs,
+    WITH i AS MATERIALIZED (
+        SELECT * FROM unnest(CAST(%(p_ids)s AS uuid[]), CAST(%(p_inputs)s AS text[]),
+                             CAST(%(p_urgencies)s AS integer[]), CAST(%(p_delays)s AS float8[]),
+                             CAST(%(p_ats)s AS timestamptz[]))
+               WITH ORDINALITY AS i(id, inputs, urgency, delay, at, n)
+    ),
+    created AS (
+        INSERT INTO fuseline_instances (id, workflow_id, version, status, inputs, priority, concurrency_max,
                                         created_at, updated_at)
-        SELECT i.id, %(p_workflow_id)s, %(p_version)s, 'RUNNING', i.inputs,
-               clock_timestamp(), clock_timestamp()
-          FROM unnest(CAST(%(p_ids)s AS uuid[]), CAST(%(p_inputs)s AS text[]))
-               WITH ORDINALITY AS i(id, inputs, n)
+        SELECT i.id, %(p_workflow_id)s, %(p_version)s, 'RUNNING', i.inputs, -i.urgency,
+               CAST(%(p_concurrency_max)s AS integer), clock_timestamp(), clock_timestamp()
+          FROM i
          ORDER BY i.n
         RETURNING id
     ),
     stepped AS (
         INSERT INTO fuseline_steps (instance_id, workflow_id, version, name, state, max_attempts,
-                                    available_at)
-        SELECT c.id, %(p_workflow_id)s, %(p_version)s, s.name,
+                                    available_at, urgency, queue, gated, concurrency_max, rate_n, rate_per)
+        SELECT i.id, %(p_workflow_id)s, %(p_version)s, s.name,
                CASE WHEN s.root THEN 'QUEUED' ELSE 'PENDING' END, s.max_attempts,
-               CASE WHEN s.root THEN clock_timestamp() END
-          FROM unnest(CAST(%(p_ids)s AS uuid[])) WITH ORDINALITY AS c(id, n)
+               CASE WHEN s.root THEN
+                    coalesce(i.at, clock_timestamp() + make_interval(secs => coalesce(i.delay, 0)))
+                    + make_interval(secs => coalesce(s.sleep, 0))
+               END,
+               i.urgency, s.queue, s.gated, s.concurrency, s.rate_n, s.rate_per
+          FROM i
          CROSS JOIN unnest(CAST(%(p_names)s AS text[]), CAST(%(p_roots)s AS boolean[]),
-                           CAST(%(p_max_attempts)s AS integer[]))
-                    WITH ORDINALITY AS s(name, root, max_attempts, k)
-         WHERE c.id IN (SELECT id FROM created)
-         ORDER BY c.n, s.k
+                           CAST(%(p_max_attempts)s AS integer[]), CAST(%(p_queues)s AS text[]),
+                           CAST(%(p_gated)s AS boolean[]), CAST(%(p_step_concurrency)s AS integer[]),
+                           CAST(%(p_rate_n)s AS integer[]), CAST(%(p_rate_per)s AS float8[]),
+                           CAST(%(p_sleeps)s AS float8[]))
+                    WITH ORDINALITY AS s(name, root, max_attempts, queue, gated, concurrency, rate_n,
+                                         rate_per, sleep, k)
+         WHERE i.id IN (SELECT id FROM created)
+         ORDER BY i.n, s.k
         RETURNING instance_id, name, state
     ),
     logged AS (

@@ -32,7 +32,7 @@ from ...errors import (
 from ...states import EventKind, Status
 from .. import codec
 from ..base import StepAssignment, StepReport
-from ..dag import FastReport
+from ..dag import FastReport, WorkflowPlan
 from ..ids import instance_uuid, worker_uuid
 from ..reports import NO_ERROR_TEXT, reported_state, why_not_held
 from . import pg_statements
@@ -66,6 +66,8 @@ class PreparedReport:
     error: str | None
     #: What the one-statement path does with this success, when it applies (else None).
     fast: FastReport | None
+    #: A failure the worker reported (a RetryPolicy retries those; not a result the broker refused).
+    retryable: bool = False
 
     def one_statement_params(self) -> dict[str, Any]:
         """Parameters of ``step_succeed_and_queue`` / ``step_succeed_and_finish``."""
@@ -131,7 +133,7 @@ class OneStatementReports:
         return [n in accepted for n in range(len(batch))]
 
     def succeed_then_claim(
-        self, prepared: PreparedReport, key: tuple[str, str], floor: Any
+        self, prepared: PreparedReport, key: tuple[str, str, str], floor: Any
     ) -> tuple[bool, ClaimRow | None]:
         """A success and the same worker's next claim (taken only if the report was accepted),
         in one transaction and one round trip. The claim sees the successors the report queued,
@@ -179,7 +181,8 @@ class Reporter:
                 state, error = Status.FAILED, str(exc)
         elif state is Status.FAILED and not error:
             error = NO_ERROR_TEXT
-        return PreparedReport(worker_id, report, state, result, error, self._fast(report, state))
+        retryable = state is Status.FAILED and reported_state(report) is Status.FAILED
+        return PreparedReport(worker_id, report, state, result, error, self._fast(report, state), retryable)
 
     def _fast(self, report: StepReport, state: Status) -> FastReport | None:
         """The one-statement form of a success, if this broker has one and the step allows it."""
@@ -233,14 +236,15 @@ class Reporter:
 
     def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
         """On PostgreSQL, a one-statement success and the next claim go back to back."""
-        keys = self.workers.keys_of(worker_id)
+        serving = self.workers.keys_of(worker_id)
+        self.claimer.timers.complete_due((k[0], k[1]) for k in serving.keys)
         prepared = self.prepare(worker_id, report)
-        if prepared.fast is None or len(keys) != 1 or self.claimer.reaper.due():
+        if prepared.fast is None or len(serving.keys) != 1 or serving.gated or self.claimer.reaper.due():
             self.report(worker_id, report)
             return _first(self.claimer.claim(worker_id, 1))
         assert self.one_statement is not None
-        floor = self.claimer.floors.for_next_claim(keys)[0]
-        accepted, row = self.one_statement.succeed_then_claim(prepared, keys[0], floor)
+        floor = self.claimer.floors.for_next_claim(serving.keys)[0]
+        accepted, row = self.one_statement.succeed_then_claim(prepared, serving.keys[0], floor)
         if row is not None:
             self.claimer.follow([row])
         if not accepted:
@@ -295,6 +299,10 @@ class Reporter:
                 "p_error": prepared.error,
                 "p_action": action,
             }
+            if prepared.retryable and self._retried(conn, prepared, plan, history):
+                history.write(conn, self.events)
+                self.db.announce_work(conn)
+                return
             if report.attempt is None:
                 held = conn.execute(self.queries.step_finish_if_held_any_attempt, params).first()
             else:
@@ -316,6 +324,39 @@ class Reporter:
             self.rules.advance(conn, report.instance_id, plan, successors, history, reporter_claims_next=True)
             history.write(conn, self.events)
 
+    def _retried(
+        self, conn: Connection, prepared: PreparedReport, plan: WorkflowPlan, history: History
+    ) -> bool:
+        """Schedule the retry a RetryPolicy allows for this failure; False when none is left (or
+        the worker does not hold the step: the fenced write below then explains why)."""
+        report = prepared.report
+        retry = plan.scheduling.steps[report.step_name].retry
+        if retry is None:
+            return False
+        where = {"p_instance_id": report.instance_id, "p_name": report.step_name}
+        row = conn.execute(self.queries.step_get, where).one()
+        if row.retries >= retry.max_retries or report.attempt not in (None, row.attempt):
+            return False
+        params = {
+            **where,
+            "p_worker_id": prepared.worker_id,
+            "p_attempt": row.attempt,
+            "p_delay": retry.delay(row.retries + 1),
+            "p_error": prepared.error,
+        }
+        scheduled = conn.execute(self.queries.step_retry_if_held, params).first()
+        if scheduled is None:
+            return False
+        history.add(
+            report.instance_id,
+            EventKind.RETRY_SCHEDULED,
+            report.step_name,
+            scheduled.attempt,
+            prepared.worker_id,
+            prepared.error,
+        )
+        return True
+
     def _check_replay(self, conn: Connection, prepared: PreparedReport) -> None:
         """A report the lease guard refused: an exact replay is fine, anything else is not."""
         report, worker_id, state = prepared.report, prepared.worker_id, prepared.state
@@ -324,6 +365,8 @@ class Reporter:
         ).one()
         current = Status(row.state)
         if row.reported_by == worker_id and report.attempt in (None, row.attempt):
+            if state is Status.FAILED and current is Status.QUEUED and row.retries:
+                return  # the failure already accepted, and retried: an exact replay
             if current is state and (
                 state is not Status.SUCCEEDED or codec.decode(row.result) == report.result
             ):

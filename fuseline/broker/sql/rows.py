@@ -41,6 +41,9 @@ class ClaimRow(NamedTuple):
     results: str | None
     #: When it became claimable: where the claim floors follow the queue.
     available_at: datetime
+    #: Minus its instance's priority, and the queue it was claimed from.
+    urgency: int = 0
+    queue: str = "default"
 
     @classmethod
     def of(cls, row: Sequence[Any]) -> ClaimRow:
@@ -88,6 +91,7 @@ def step_info(row: Row[Any]) -> StepInfo:
         started_at=aware(row.started_at),
         finished_at=aware(row.finished_at),
         max_attempts=row.max_attempts,
+        retries=row.retries,
     )
 
 
@@ -103,6 +107,8 @@ def instance_info(row: Row[Any], step_rows: Sequence[Row[Any]]) -> InstanceInfo:
         created_at=aware(row.created_at),  # type: ignore[arg-type]
         finished_at=aware(row.finished_at),
         steps=[step_info(s) for s in step_rows],
+        key=row.key,
+        priority=row.priority,
     )
 
 

@@ -48,7 +48,7 @@ class InstanceRules:
         rows = conn.execute(self.reports.steps_views, {"p_instance_id": instance_id}).all()
         views = {r.name: StepView(Status(r.state), r.action, aware(r.finished_at)) for r in rows}
         progress = plan.settle(views, candidates)
-        self._apply(conn, instance_id, progress, history, reporter_claims_next=reporter_claims_next)
+        self._apply(conn, instance_id, plan, progress, history, reporter_claims_next=reporter_claims_next)
         outcome = plan.outcome(views)
         if outcome is not None:
             self.finalize(conn, instance_id, plan, outcome, history)
@@ -57,6 +57,7 @@ class InstanceRules:
         self,
         conn: Connection,
         instance_id: str,
+        plan: WorkflowPlan,
         progress: Progress,
         history: History,
         *,
@@ -70,6 +71,7 @@ class InstanceRules:
                         "p_instance_id": instance_id,
                         "p_name": name,
                         "p_inputs_from": json.dumps(inputs_from) if inputs_from else None,
+                        "p_delay": plan.scheduling.steps[name].sleep_seconds,  # a Sleep's clock starts now
                     }
                     for name, inputs_from in progress.queued.items()
                 ],

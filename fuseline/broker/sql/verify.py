@@ -12,7 +12,11 @@ violation of the guarantees fuseline makes:
 - ``attempts_not_monotone``: claims of a step whose attempt numbers do not grow,
   or a step whose attempt is below one it was claimed with;
 - ``instance_not_finalized``: a RUNNING instance whose steps are all final;
-- ``finished_with_unfinished_steps``: a final instance with steps still to run.
+- ``finished_with_unfinished_steps``: a final instance with steps still to run;
+- ``waiting_step_holds_lease``: a PENDING or QUEUED step (a retry waiting its delay, say)
+  that still names a holder or a lease;
+- ``limit_exceeded``: more steps under a ConcurrencyLimit holding a live lease than it allows;
+- ``retry_lost``: a step FAILED by its worker while its RetryPolicy still had retries left.
 
 The chaos tests call it at the end of every run, and so can operators:
 ``fuseline db verify``.
@@ -28,6 +32,7 @@ from sqlalchemy import Connection, Engine
 from ...states import Status
 from ...workflow.schema import WorkflowSchema
 from ..dag import StepView, WorkflowPlan
+from ..reports import WORKER_LOST
 from .queries.verify import VerifyQueries, for_dialect
 from .rows import aware
 
@@ -53,6 +58,7 @@ def verify(engine: Engine, *, stale_after_seconds: float = 60.0) -> list[Violati
             *_check_acceptance(conn, q),
             *_check_attempts(conn, q),
             *_check_instances(conn, q),
+            *_check_flow_control(conn, q),
         ]
 
 
@@ -101,6 +107,37 @@ def _check_attempts(conn: Connection, q: VerifyQueries) -> list[Violation]:
                 Violation("attempts_not_monotone", *key, f"attempt {attempts[key]} < claimed {attempt}")
             )
     return found
+
+
+def _check_flow_control(conn: Connection, q: VerifyQueries) -> list[Violation]:
+    found = [
+        Violation("waiting_step_holds_lease", r.instance_id, r.name, f"{r.state} with a holder or a lease")
+        for r in conn.execute(q.waiting_steps_holding).all()
+    ]
+    found += [
+        Violation("limit_exceeded", None, r[1], f"workflow {r[0]} key {r[2]}: {r[3]} running, limit {r[4]}")
+        for r in conn.execute(q.limits_exceeded).all()
+    ]
+    plans: dict[tuple[str, str], WorkflowPlan] = {}
+    for r in conn.execute(q.steps_failed).all():
+        if r.error and (r.error.startswith(WORKER_LOST) or any(m in r.error for m in _REFUSED_RESULTS)):
+            continue  # a lost worker or a result the broker refused: not a failure RetryPolicy retries
+        key = (r.workflow_id, r.version)
+        if key not in plans:
+            definition = conn.execute(q.workflow_definition, {"p_workflow_id": key[0], "p_version": key[1]})
+            plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition.scalar_one()))
+        allowed = plans[key].scheduling.steps[r.name].max_retries
+        if r.retries < allowed:
+            found.append(
+                Violation(
+                    "retry_lost", r.instance_id, r.name, f"failed after {r.retries} of {allowed} retries"
+                )
+            )
+    return found
+
+
+#: What the messages of results the broker refused say (ResultNotSerializable, ResultTooLarge).
+_REFUSED_RESULTS = ("that is not JSON-serialisable", "bytes of JSON, more than the limit")
 
 
 def _check_instances(conn: Connection, q: VerifyQueries) -> list[Violation]:

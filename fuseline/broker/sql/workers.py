@@ -17,6 +17,7 @@ from ...errors import UnknownWorker, WorkerExpired
 from ...states import EventKind
 from ...workflow.schema import WorkflowSchema
 from ..base import Lease, StepAssignment, WorkerInfo
+from ..dag import WorkflowPlan
 from ..ids import instance_uuid, new_id, worker_uuid
 from .database import Database
 from .history import History
@@ -30,7 +31,31 @@ from .rows import aware, worker_info
 #: Workers whose workflows this broker remembers (a worker loop asks on every claim).
 KEYS_CACHE_SIZE = 1024
 
-Key = tuple[str, str]
+#: What a claim reads: (workflow_id, version, queue).
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a worker claims: its keys, and whether a limit gates a step of its workflows (its
+    claims then check the limits one candidate at a time)."""
+
+    keys: tuple[Key, ...]
+    gated: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+
+def serving(plans: Sequence[WorkflowPlan], queues: Sequence[str] | None) -> Serving:
+    """The keys of a worker that runs these workflows from ``queues`` (None: all their queues)."""
+    keys = []
+    for plan in plans:
+        used = plan.scheduling.queues
+        chosen = used if queues is None else used & set(queues)
+        keys += [(plan.workflow_id, plan.version, queue) for queue in sorted(chosen)]
+    gated = any(plan.scheduling.gated for plan in plans)
+    return Serving(tuple(keys), gated)
 
 
 @dataclass
@@ -50,7 +75,7 @@ class WorkerRegistry:
     plans: PlanCache
     held: HeldLeases
     lease_seconds: float
-    _keys: OrderedDict[str, list[Key]] = field(default_factory=OrderedDict, init=False)
+    _keys: OrderedDict[str, Serving] = field(default_factory=OrderedDict, init=False)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # heartbeats: own thread
 
     @property
@@ -58,9 +83,14 @@ class WorkerRegistry:
         """Seconds without a heartbeat or claim after which the worker is dead: two leases."""
         return 2 * self.lease_seconds
 
-    def register(self, schemas: Sequence[WorkflowSchema], host: str | None, pid: int | None) -> str:
+    def register(
+        self,
+        schemas: Sequence[WorkflowSchema],
+        host: str | None,
+        pid: int | None,
+        queues: Sequence[str] | None,
+    ) -> str:
         worker_id = new_id()
-        keys = [s.key for s in schemas]
         with self.db.transaction() as conn:
             plans = self.plans.store(conn, schemas)
             conn.execute(
@@ -69,16 +99,17 @@ class WorkerRegistry:
                     "id": worker_id,
                     "host": host or socket.gethostname(),
                     "pid": pid if pid is not None else os.getpid(),
-                    "workflows": json.dumps([list(k) for k in keys]),
+                    "workflows": json.dumps([list(s.key) for s in schemas]),
+                    "queues": json.dumps(sorted(set(queues))) if queues is not None else None,
                 },
             )
         self.plans.remember(plans)
-        self._remember_keys(worker_id, keys)
+        self._remember_keys(worker_id, serving([plans[s.key] for s in schemas], queues))
         self.held.start(worker_id)
         return worker_id
 
-    def keys_of(self, worker_id: str) -> list[Key]:
-        """The (workflow_id, version) pairs the worker registered."""
+    def keys_of(self, worker_id: str) -> Serving:
+        """What the worker claims: (workflow_id, version, queue) keys, and whether a limit gates any."""
         with self._keys_lock:
             keys = self._keys.get(worker_id)
             if keys is not None:
@@ -87,13 +118,14 @@ class WorkerRegistry:
         worker_uuid(worker_id)
         with self.db.transaction() as conn:
             row = conn.execute(self.queries.worker_get, {"p_worker_id": worker_id}).first()
-        if row is None:
-            raise UnknownWorker(worker_id)
-        keys = [(k[0], k[1]) for k in json.loads(row.workflows)]
+            if row is None:
+                raise UnknownWorker(worker_id)
+            plans = [self.plans.get(conn, (k[0], k[1])) for k in json.loads(row.workflows)]
+        keys = serving(plans, json.loads(row.queues) if row.queues is not None else None)
         self._remember_keys(worker_id, keys)
         return keys
 
-    def _remember_keys(self, worker_id: str, keys: list[Key]) -> None:
+    def _remember_keys(self, worker_id: str, keys: Serving) -> None:
         with self._keys_lock:
             self._keys[worker_id] = keys
             self._keys.move_to_end(worker_id)

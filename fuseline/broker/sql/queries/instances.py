@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import Insert, Select, Update, bindparam, insert, select, tuple_, update
+from sqlalchemy import DateTime, Insert, Select, Update, bindparam, case, func, insert, select, tuple_, update
 
 from ....states import UNFINISHED_STATES, Status
 from ..dialects import Dialect, dialect_of
@@ -21,12 +21,32 @@ _CLEARED_BY_RETRY = (
 class InstanceQueries:
     def __init__(self, dialect: Dialect) -> None:
         now = dialect.now()
-        self.instance_insert: Insert = insert(instances).values(
-            status=RUNNING, created_at=now, updated_at=now
+        #: New instances; one whose key the workflow already has is not inserted (no row comes
+        #: back: the caller then reads the existing one with ``instance_by_key``). Waits for a
+        #: concurrent insert of the same key to commit or roll back, so two dispatchers of one
+        #: key get one instance.
+        self.instance_insert: Insert = (
+            dialect.insert_ignoring_conflicts(instances)
+            .values(status=RUNNING, created_at=now, updated_at=now)
+            .returning(instances.c.id)
         )
-        #: New steps: roots are QUEUED and available at once, the rest wait PENDING.
-        self.steps_insert_queued: Insert = insert(steps).values(state=Status.QUEUED.value, available_at=now)
-        self.steps_insert_pending: Insert = insert(steps).values(state=Status.PENDING.value)
+        self.instance_by_key: Select = select(instances.c.id, instances.c.inputs).where(
+            instances.c.workflow_id == bindparam("p_workflow_id"), instances.c.key == bindparam("p_key")
+        )
+        #: New steps: roots QUEUED, available at ``p_at`` or ``p_delay`` seconds from now (NULL:
+        #: now), the rest PENDING with no availability yet (``p_queued`` says which).
+        self.steps_insert: Insert = insert(steps).values(
+            available_at=case(
+                (
+                    bindparam("p_queued"),
+                    func.coalesce(
+                        bindparam("p_at", type_=DateTime(timezone=True)),
+                        dialect.now_plus(func.coalesce(bindparam("p_delay"), 0.0)),
+                    ),
+                ),
+                else_=None,
+            )
+        )
         self.instance_get: Select = select(instances).where(instances.c.id == bindparam("p_instance_id"))
         self.instance_exists: Select = select(instances.c.id).where(
             instances.c.id == bindparam("p_instance_id")
@@ -61,14 +81,16 @@ class InstanceQueries:
             steps.c.instance_id == bindparam("p_instance_id"),
             steps.c.state.in_([Status.FAILED.value, Status.CANCELLED.value]),
         )
-        #: Back to PENDING for a retry: ``attempt`` keeps growing (reports are fenced by it)
-        #: and the step gets ``p_budget`` more executions than it has had.
+        #: Back to PENDING for a retry: ``attempt`` keeps growing (reports are fenced by it), the
+        #: lost-worker and RetryPolicy budgets start afresh.
         self.step_reset_for_retry: Update = (
             update(steps)
             .where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.name == bindparam("p_name"))
             .values(
                 state=Status.PENDING.value,
-                max_attempts=steps.c.attempt - steps.c.released + bindparam("p_budget"),
+                max_attempts=bindparam("p_budget"),
+                lost=0,
+                retries=0,
                 **dict.fromkeys(_CLEARED_BY_RETRY),
             )
         )

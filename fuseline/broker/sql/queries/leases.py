@@ -1,10 +1,12 @@
 """Statements on leases: heartbeats renew them, the reaper takes back expired ones,
 a stopping worker gives its steps back.
 
-A step has run ``attempt - released`` times; it is queued again after a lost
-lease while that is below ``max_attempts``, and fails with "worker lost" once
-it is not. A claim given back unstarted raises ``released`` (a refund) and
-never lowers ``attempt``, which only grows: reports are fenced by it.
+``lost`` counts the leases of a step that ran out. A step is queued again
+after a lost lease while that count stays below ``max_attempts``, and fails
+with "worker lost" once it reaches it: the lost-worker budget, apart from
+RetryPolicy retries (``retries``) and claims given back unstarted
+(``released``, a refund). ``attempt`` counts claims and only grows: reports
+are fenced by it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class LeaseQueries:
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
         now = dialect.now()
-        executions = steps.c.attempt - steps.c.released
+        lost_after = steps.c.lost + 1  # counting the lease that ran out
         #: Heartbeat: extend every lease the worker holds, returning them.
         self.steps_extend_leases: Update = (
             update(steps)
@@ -42,10 +44,10 @@ class LeaseQueries:
             )
         )
         #: Expired leases with attempts left, locked so concurrent reapers split the work.
-        self.steps_expired_requeueable: Select = self._expired(executions < steps.c.max_attempts, lock=True)
+        self.steps_expired_requeueable: Select = self._expired(lost_after < steps.c.max_attempts, lock=True)
         #: Expired leases on the last allowed attempt. Not locked here: each is
         #: failed in its own transaction that takes the instance lock first.
-        self.steps_expired_final: Select = self._expired(executions >= steps.c.max_attempts, lock=False)
+        self.steps_expired_final: Select = self._expired(lost_after >= steps.c.max_attempts, lock=False)
         #: Put locked, expired steps back in the queue (re-checked: a report may have won), at
         #: their old place in line (available_at is kept): work that was already started and
         #: lost is taken up again before the backlog queued after it.
@@ -56,7 +58,7 @@ class LeaseQueries:
                 steps.c.state == RUNNING,
                 steps.c.lease_expires_at < now,
             )
-            .values(state=Status.QUEUED.value, worker_id=None, lease_expires_at=None)
+            .values(state=Status.QUEUED.value, worker_id=None, lease_expires_at=None, lost=steps.c.lost + 1)
         )
         #: Fail a step whose last lease expired, if nothing else moved it meanwhile.
         self.step_fail_if_expired: Update = (
@@ -68,7 +70,11 @@ class LeaseQueries:
                 steps.c.lease_expires_at < now,
             )
             .values(
-                state=Status.FAILED.value, error=bindparam("p_error"), lease_expires_at=None, finished_at=now
+                state=Status.FAILED.value,
+                error=bindparam("p_error"),
+                lease_expires_at=None,
+                finished_at=now,
+                lost=steps.c.lost + 1,
             )
             .returning(steps.c.name)
         )
@@ -107,6 +113,7 @@ class LeaseQueries:
                 steps.c.attempt,
                 steps.c.worker_id,
                 steps.c.available_at,
+                steps.c.queue,
             )
             .where(
                 steps.c.state == RUNNING, steps.c.lease_expires_at < self.dialect.now(), attempts_condition

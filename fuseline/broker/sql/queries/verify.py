@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import DateTime, Select, bindparam, case, func, select, type_coerce
+from sqlalchemy import DateTime, Select, bindparam, case, func, or_, select, type_coerce
 
 from ....states import UNFINISHED_STATES, EventKind, Status
 from ..dialects import Dialect, dialect_of
@@ -61,6 +61,37 @@ class VerifyQueries:
             workflows.c.workflow_id == bindparam("p_workflow_id"),
             workflows.c.version == bindparam("p_version"),
         )
+        #: Steps waiting (PENDING, QUEUED) that still name a holder or a lease.
+        self.waiting_steps_holding: Select = select(steps.c.instance_id, steps.c.name, steps.c.state).where(
+            steps.c.state.in_([Status.PENDING.value, Status.QUEUED.value]),
+            or_(steps.c.worker_id.is_not(None), steps.c.lease_expires_at.is_not(None)),
+        )
+        #: Step ConcurrencyLimits with more steps holding a live lease than they allow.
+        self.limits_exceeded: Select = (
+            select(
+                steps.c.workflow_id,
+                steps.c.name,
+                steps.c.limit_key,
+                func.count(),
+                func.max(steps.c.concurrency_max),
+            )
+            .where(
+                steps.c.state == Status.RUNNING.value,
+                steps.c.concurrency_max.is_not(None),
+                steps.c.lease_expires_at > dialect.now(),
+            )
+            .group_by(steps.c.workflow_id, steps.c.name, steps.c.limit_key)
+            .having(func.count() > func.max(steps.c.concurrency_max))
+        )
+        #: Failed steps, with how often a RetryPolicy retried them (checked against their policy).
+        self.steps_failed: Select = select(
+            steps.c.instance_id,
+            steps.c.workflow_id,
+            steps.c.version,
+            steps.c.name,
+            steps.c.retries,
+            steps.c.error,
+        ).where(steps.c.state == Status.FAILED.value)
         self.steps_views: Select = select(
             steps.c.name, steps.c.state, steps.c.action, steps.c.finished_at
         ).where(steps.c.instance_id == bindparam("p_instance_id"))

@@ -30,6 +30,7 @@ class WorkerQueries:
         #: What a worker runs, and (``db_now``) when it last sent a heartbeat, to tell dead from unknown.
         self.worker_get: Select = select(
             workers.c.workflows,
+            workers.c.queues,
             workers.c.stopped_at,
             workers.c.last_heartbeat,
             type_coerce(now, DateTime(timezone=True)).label("db_now"),

@@ -1,0 +1,205 @@
+"""Creating instances: their rows, their steps' scheduling, idempotency keys.
+
+Every step row carries what claims need to schedule it without reading the
+definition: its instance's priority (as ``urgency``), its queue, whether a
+limit gates it and that limit's numbers and key value. Roots are QUEUED,
+available at once, after a delay, or at a time; a Sleep root waits its
+seconds on top. A key the workflow already has returns the existing
+instance when the inputs are equal and raises KeyConflict otherwise, in the
+same transaction (``INSERT ... ON CONFLICT DO NOTHING`` waits for a
+concurrent insert of the key, so two dispatchers get one instance).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ...errors import KeyConflict
+from ...states import EventKind
+from ...workflow.schema import WorkflowSchema, canonical_json
+from .. import codec
+from ..dag import WorkflowPlan
+from ..dispatching import Dispatch
+from ..ids import new_id
+from . import pg_statements
+from .database import Database, PostgresDatabase
+from .history import History
+from .plans import PlanCache
+from .queries.events import EventQueries
+from .queries.instances import InstanceQueries
+
+
+def limit_key_value(inputs: Mapping[str, Any], key: str | None) -> str | None:
+    """The value of a limit's key input as canonical JSON (equal values, equal text), or None."""
+    return canonical_json(inputs.get(key)) if key is not None else None
+
+
+def step_rows(
+    plan: WorkflowPlan, instance_id: str, inputs: Mapping[str, Any], dispatch: Dispatch
+) -> list[dict]:
+    """The step rows of a new instance, with the scheduling claims read (see the module doc)."""
+    roots = set(plan.roots)
+    scheduling = plan.scheduling
+    workflow_limit = scheduling.concurrency
+    at = dispatch.at.astimezone(timezone.utc) if dispatch.at is not None else None
+    rows = []
+    for name in plan.order:
+        step = scheduling.steps[name]
+        limit = step.concurrency or step.rate
+        root = name in roots
+        sleep = step.sleep_seconds or 0.0
+        delay = (dispatch.delay or 0.0) + sleep if root and at is None else None
+        rows.append(
+            {
+                "instance_id": instance_id,
+                "workflow_id": plan.workflow_id,
+                "version": plan.version,
+                "name": name,
+                "state": "QUEUED" if root else "PENDING",
+                "max_attempts": plan.nodes[name].max_attempts,
+                "urgency": -dispatch.priority,
+                "queue": step.waits_in,
+                "gated": limit is not None or (root and workflow_limit is not None),
+                "concurrency_max": step.concurrency.max if step.concurrency else None,
+                "rate_n": step.rate.n if step.rate else None,
+                "rate_per": step.rate.per if step.rate else None,
+                "limit_key": limit_key_value(inputs, limit.key) if limit is not None else None,
+                "p_queued": root,
+                "p_at": at + timedelta(seconds=sleep) if root and at is not None else None,
+                "p_delay": delay,
+            }
+        )
+    return rows
+
+
+@dataclass
+class OneStatementDispatch:
+    """PostgreSQL: create instances, their steps and events in one statement (no keys, no keyed limits)."""
+
+    db: PostgresDatabase
+
+    @staticmethod
+    def applies(plan: WorkflowPlan, dispatches: Sequence[Dispatch]) -> bool:
+        keyed = any(
+            limit is not None and limit.key is not None
+            for step in plan.scheduling.steps.values()
+            for limit in (step.concurrency, step.rate)
+        ) or (plan.scheduling.concurrency is not None and plan.scheduling.concurrency.key is not None)
+        return not keyed and all(d.key is None for d in dispatches)
+
+    def dispatch(
+        self, plan: WorkflowPlan, ids: list[str], encoded: list[str], dispatches: Sequence[Dispatch]
+    ) -> None:
+        rows = step_rows(plan, "-", {}, Dispatch())
+        roots = set(plan.roots)
+        self.db.rows(
+            pg_statements.instances_dispatch,
+            {
+                "p_workflow_id": plan.workflow_id,
+                "p_version": plan.version,
+                "p_ids": ids,
+                "p_inputs": encoded,
+                "p_urgencies": [-d.priority for d in dispatches],
+                "p_delays": [d.delay for d in dispatches],
+                "p_ats": [d.at for d in dispatches],
+                "p_concurrency_max": plan.scheduling.concurrency.max if plan.scheduling.concurrency else None,
+                "p_names": list(plan.order),
+                "p_roots": [name in roots for name in plan.order],
+                "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
+                "p_queues": [r["queue"] for r in rows],
+                "p_gated": [r["gated"] for r in rows],
+                "p_step_concurrency": [r["concurrency_max"] for r in rows],
+                "p_rate_n": [r["rate_n"] for r in rows],
+                "p_rate_per": [r["rate_per"] for r in rows],
+                "p_sleeps": [plan.scheduling.steps[name].sleep_seconds for name in plan.order],
+            },
+        )
+
+
+@dataclass
+class InstanceCreation:
+    """Dispatching: the general path in one transaction, or PostgreSQL's one statement."""
+
+    db: Database
+    queries: InstanceQueries
+    events: EventQueries
+    plans: PlanCache
+    one_statement: OneStatementDispatch | None
+
+    def dispatch(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
+        """Create one instance per dispatch, all in one transaction; their ids (an existing
+        instance's for a key dispatched again with equal inputs)."""
+        encoded = [codec.encode_inputs(d.inputs) for d in dispatches]
+        ids = [new_id() for _ in encoded]
+        plan = self.plans.cached(schema.key)
+        fast = self.one_statement
+        if (
+            ids
+            and fast is not None
+            and plan is not None
+            and plan.hash == schema.hash
+            and fast.applies(plan, dispatches)
+        ):
+            fast.dispatch(plan, ids, encoded, dispatches)
+            return ids
+        with self.db.transaction() as conn:
+            plans = self.plans.store(conn, [schema])
+            if ids:
+                ids = self._insert(conn, plans[schema.key], ids, encoded, dispatches)
+        self.plans.remember(plans)
+        return ids
+
+    def _insert(
+        self,
+        conn: Connection,
+        plan: WorkflowPlan,
+        ids: list[str],
+        encoded: list[str],
+        dispatches: Sequence[Dispatch],
+    ) -> list[str]:
+        history = History()
+        created: list[str] = []
+        workflow_limit = plan.scheduling.concurrency
+        for instance_id, text, dispatch in zip(ids, encoded, dispatches, strict=True):
+            inputs = json.loads(text)
+            row = {
+                "id": instance_id,
+                "workflow_id": plan.workflow_id,
+                "version": plan.version,
+                "inputs": text,
+                "key": dispatch.key,
+                "priority": dispatch.priority,
+                "concurrency_max": workflow_limit.max if workflow_limit else None,
+                "limit_key": limit_key_value(inputs, workflow_limit.key) if workflow_limit else None,
+            }
+            if conn.execute(self.queries.instance_insert, row).first() is None:
+                created.append(self._existing(conn, plan, dispatch, inputs))
+                continue
+            created.append(instance_id)
+            history.add(instance_id, EventKind.DISPATCHED)
+            rows = step_rows(plan, instance_id, inputs, dispatch)
+            conn.execute(self.queries.steps_insert, rows)
+            for step in rows:
+                if step["p_queued"]:
+                    history.add(instance_id, EventKind.QUEUED, step["name"])
+        if history.rows:
+            history.write(conn, self.events)
+            self.db.announce_work(conn)
+        return created
+
+    def _existing(self, conn: Connection, plan: WorkflowPlan, dispatch: Dispatch, inputs: Any) -> str:
+        """The instance already dispatched under this key: its id, if it has these inputs."""
+        found = conn.execute(
+            self.queries.instance_by_key, {"p_workflow_id": plan.workflow_id, "p_key": dispatch.key}
+        ).first()
+        if found is None:  # not a key conflict: the id itself (a UUIDv7) collided, which cannot happen
+            raise RuntimeError(f"could not create an instance of {plan.workflow_id!r} and none has its key")
+        if codec.decode(found.inputs) != inputs:
+            raise KeyConflict(plan.workflow_id, str(dispatch.key), str(found.id))
+        return str(found.id)

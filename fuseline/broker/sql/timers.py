@@ -1,0 +1,68 @@
+"""Completing Sleep steps: the broker does it itself once their time has come.
+
+A Sleep waits QUEUED in a queue no worker serves, available at the end of
+its pause. Brokers that claim for a workflow complete its due sleeps first
+(at most every ``INTERVAL`` seconds), like the reaper: a running worker is
+all it takes, no daemon. Concurrent brokers split the due sleeps (SKIP
+LOCKED), and each completion re-checks the step is still QUEUED.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Row
+
+from ...states import EventKind
+from .database import Database
+from .history import History
+from .plans import PlanCache
+from .queries.events import EventQueries
+from .queries.reports import ReportQueries
+from .rules import InstanceRules
+
+#: Seconds between two looks for due sleeps by one broker: a Sleep ends at most this late.
+INTERVAL = 0.2
+#: At most this many sleeps completed per workflow per look.
+BATCH = 100
+
+
+@dataclass
+class Timers:
+    db: Database
+    reports: ReportQueries
+    events: EventQueries
+    rules: InstanceRules
+    plans: PlanCache
+    _next: float = field(default=0.0, init=False)
+
+    def complete_due(self, workflows: Iterable[tuple[str, str]]) -> int:
+        """Complete the due sleeps of these (workflow_id, version), when a look is due; how many."""
+        now = time.monotonic()
+        if now < self._next:
+            return 0
+        self._next = now + INTERVAL
+        done = 0
+        for workflow_id, version in dict.fromkeys(workflows):
+            params = {"p_workflow_id": workflow_id, "p_version": version, "p_limit": BATCH}
+            with self.db.transaction() as conn:
+                due = conn.execute(self.reports.steps_due_timers, params).all()
+            done += sum(self._complete(row) for row in due)
+        return done
+
+    def _complete(self, row: Row) -> bool:
+        history = History()
+        with self.db.transaction() as conn:
+            locked = conn.execute(self.reports.instance_lock, {"p_instance_id": row.instance_id}).first()
+            finished = (
+                locked is not None and conn.execute(self.reports.step_finish_timer, {"p_id": row.id}).first()
+            )
+            if not finished:
+                return False  # cancelled, or another broker completed it first
+            history.add(row.instance_id, EventKind.SUCCEEDED, row.name)
+            plan = self.plans.get(conn, (locked.workflow_id, locked.version))
+            self.rules.advance(conn, row.instance_id, plan, plan.successors(row.name), history)
+            history.write(conn, self.events)
+        return True
