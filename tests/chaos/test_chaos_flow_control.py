@@ -119,7 +119,11 @@ def test_a_concurrency_limit_holds_and_retries_survive_while_workers_are_killed(
     history = load_history(db.engine)
     assert {history.instance_states[i][0] for i in ids} == {"SUCCEEDED"}
     retried = {e.instance_id for e in history.of("retry_scheduled")}
-    expected = {ids[n] for n in range(INSTANCES) if n % flows.FLAKY_EVERY == 0}
+    # The flaky step fails on attempt 1 only; an attempt 1 whose worker was killed before it
+    # reported is lost (its lease expired) and attempt 2 succeeds, with no retry to schedule.
+    lost_first = {e.instance_id for e in history.of("lease_expired") if e.step == "flaky" and e.attempt == 1}
+    expected = {ids[n] for n in range(INSTANCES) if n % flows.FLAKY_EVERY == 0} - lost_first
+    assert len(expected) >= INSTANCES // flows.FLAKY_EVERY // 2, "kills took most first tries: nothing tested"
     assert expected <= retried, f"retries lost: {sorted(expected - retried)[:5]}"
     starts = {(n, pid): at for n, pid, at in ledger_times(db.engine, "narrow")}
     ends = ledger_times(db.engine, "narrow_end")
