@@ -117,7 +117,8 @@ class Gate:
     def _running(
         self, workflow_id: str, step_name: str, limit: ConcurrencyLimit, value: str | None
     ) -> Hold | None:
-        """Full when ``limit.max`` steps of that name (any version, same key value) hold a live lease."""
+        """Full when ``limit.max`` steps of that name under a limit (any version that declares one,
+        same key value) hold a live lease."""
         holders = []
         for instance_id, name in sorted(self.flow.running):
             instance = self.flow.instances[instance_id]
@@ -125,6 +126,7 @@ class Gate:
             if (
                 name == step_name
                 and instance.workflow_id == workflow_id
+                and instance.plan.scheduling.steps[name].concurrency is not None
                 and deadline is not None
                 and deadline >= self.now
                 and self._same(instance_id, limit, value)

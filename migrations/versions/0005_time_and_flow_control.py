@@ -5,7 +5,7 @@ Revises: 0004
 Create Date: 2026-12-02 02:00:00.000000
 
 - instances: ``key`` (at most one instance per workflow and key, by a unique
-  index), ``priority``, ``started_at`` (its first claim: from then on it is
+  index over the keyed instances), ``priority``, ``started_at`` (its first claim: from then on it is
   "in progress" for a workflow ConcurrencyLimit), and that limit's
   ``concurrency_max`` and ``limit_key`` (the value of its key input).
 - steps: ``urgency`` (minus the priority: the queued-steps index orders by it,
@@ -34,6 +34,10 @@ depends_on: str | Sequence[str] | None = None
 QUEUED = sa.text("state = 'QUEUED'")
 RUNNING = sa.text("state = 'RUNNING'")
 IN_PROGRESS = sa.text("status = 'RUNNING' AND started_at IS NOT NULL")
+#: Only keyed instances and limited steps enter these indexes: the others would pay an index
+#: entry at every state change for nothing (NULL keys never collide; unlimited steps are not counted).
+KEYED = sa.text("key IS NOT NULL")
+RUNNING_LIMITED = sa.text("state = 'RUNNING' AND concurrency_max IS NOT NULL")
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
@@ -45,7 +49,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("concurrency_max", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("limit_key", sa.Text(), nullable=True))
     op.create_index(
-        "ix_fuseline_instances_workflow_id_key", "fuseline_instances", ["workflow_id", "key"], unique=True
+        "ix_fuseline_instances_workflow_id_key",
+        "fuseline_instances",
+        ["workflow_id", "key"],
+        unique=True,
+        postgresql_where=KEYED,
+        sqlite_where=KEYED,
     )
     op.create_index(
         "ix_fuseline_instances_workflow_id_limit_key",
@@ -76,8 +85,8 @@ def upgrade() -> None:
         "ix_fuseline_steps_running_limit",
         "fuseline_steps",
         ["workflow_id", "name", "limit_key"],
-        postgresql_where=RUNNING,
-        sqlite_where=RUNNING,
+        postgresql_where=RUNNING_LIMITED,
+        sqlite_where=RUNNING_LIMITED,
     )
     op.create_table(
         "fuseline_starts",

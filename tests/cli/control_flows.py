@@ -6,7 +6,8 @@ imported by ``fuseline`` as the module ``control_flows``.
 - ``echo``: one step returning its input ``x`` (for delays, keys and priorities).
 - ``wobbly``: one step with ``RetryPolicy(max_retries=2, wait=0.3)`` that fails
   while the file ``ledger`` has fewer than ``failures`` lines (it adds one per run).
-- ``napping``: ``first -> nap (Sleep 6 s, long enough for a few CLI calls) -> after``, ``after`` adding one to ``first``.
+- ``napping``: ``first -> nap (Sleep 6 s, long enough for a few CLI calls) -> after``,
+  ``after`` adding one to ``first``.
 - ``gpu_then_cpu``: ``render`` in queue ``gpu`` -> ``publish`` in ``default``.
 - ``exclusive``: one step, ``ConcurrencyLimit(1)``, that blocks until the file
   ``gate`` exists (creating ``<gate>.waiting`` first).

@@ -79,8 +79,16 @@ class InstanceRow(Base):
         Index("ix_fuseline_instances_created_at", "created_at"),
         Index("ix_fuseline_instances_status_created_at", "status", "created_at"),
         Index("ix_fuseline_instances_workflow_id_created_at", "workflow_id", "created_at"),
-        # At most one instance per key of a workflow (NULL keys do not collide).
-        Index("ix_fuseline_instances_workflow_id_key", "workflow_id", "key", unique=True),
+        # At most one instance per key of a workflow. Only keyed instances enter it: NULL keys
+        # never collide, and an entry per instance would cost one more index write at each change.
+        Index(
+            "ix_fuseline_instances_workflow_id_key",
+            "workflow_id",
+            "key",
+            unique=True,
+            postgresql_where=text("key IS NOT NULL"),
+            sqlite_where=text("key IS NOT NULL"),
+        ),
         # A workflow ConcurrencyLimit counts the instances in progress (started, not finished).
         Index(
             "ix_fuseline_instances_workflow_id_limit_key",
@@ -139,14 +147,15 @@ class StepRow(Base):
             postgresql_where=text("state = 'QUEUED'"),
             sqlite_where=text("state = 'QUEUED'"),
         ),
-        # A step ConcurrencyLimit counts the steps running now, per key value.
+        # A step ConcurrencyLimit counts the steps under it running now, per key value. Only
+        # limited steps enter it: the others would pay an index write at every claim for nothing.
         Index(
             "ix_fuseline_steps_running_limit",
             "workflow_id",
             "name",
             "limit_key",
-            postgresql_where=text("state = 'RUNNING'"),
-            sqlite_where=text("state = 'RUNNING'"),
+            postgresql_where=text("state = 'RUNNING' AND concurrency_max IS NOT NULL"),
+            sqlite_where=text("state = 'RUNNING' AND concurrency_max IS NOT NULL"),
         ),
         # The reaper: RUNNING steps whose lease expired.
         Index(

@@ -85,6 +85,7 @@ class ClaimQueries:
         #: How many of a step (per key value) hold a live lease now: a step ConcurrencyLimit.
         self.steps_running_of_limit: Select = select(func.count()).where(
             steps.c.state == RUNNING,
+            steps.c.concurrency_max.is_not(None),  # the steps under a limit (and its index)
             steps.c.workflow_id == bindparam("p_workflow_id"),
             steps.c.name == bindparam("p_name"),
             same_limit_key,
