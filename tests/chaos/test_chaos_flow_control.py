@@ -10,8 +10,8 @@
   happened (none lost to a kill), ``verify()`` is clean (it checks limits,
   lost retries and leases of waiting steps too).
 - Four workers drain a step under RateLimit(5, per=1 s): in any window of
-  one second, at most 5 of its claims (from the history) and of its executions
-  (from the ledger).
+  one second, at most 5 of its claims (from the history), and each execution
+  (from the ledger) ran once, after its own claim.
 """
 
 from __future__ import annotations
@@ -158,12 +158,18 @@ def test_a_rate_limit_holds_across_four_worker_processes(
     assert codes == [0, 0, 0, 0]
     history = load_history(db.engine)
     assert {history.instance_states[i][0] for i in ids} == {"SUCCEEDED"}
-    claims = sorted(e.at for e in history.of("claimed"))
-    executions = sorted(at for _, _, at in ledger_times(db.engine, "paced"))
+    claimed_at = {e.instance_id: e.at for e in history.of("claimed")}
+    claims = sorted(claimed_at.values())
     window = timedelta(seconds=flows.RATE_PER)
-    for times in (claims, executions):
-        busiest = max(sum(1 for t in times if start <= t < start + window) for start in times)
-        assert busiest <= flows.RATE_N, f"{busiest} starts within {flows.RATE_PER} s"
+    busiest = max(sum(1 for t in claims if start <= t < start + window) for start in claims)
+    assert busiest <= flows.RATE_N, f"{busiest} claims within {flows.RATE_PER} s"
+    # The limit is on starts (claims). An execution follows its own claim by however long its
+    # worker takes to call the step, which a loaded box stretches, so executions are checked
+    # against their claims: each instance ran exactly once, and never before it was claimed.
+    executions = ledger_times(db.engine, "paced")
+    assert len(list(history.of("claimed"))) == len(executions) == count
+    for n, _, at in executions:
+        assert at >= claimed_at[ids[n]], f"instance {n} ran at {at}, before its claim at {claimed_at[ids[n]]}"
     assert_invariants(db.engine)
     report(
         "rate_limit", {"workers": 4, "steps": count, "seconds": round(seconds, 1), "per_second": flows.RATE_N}

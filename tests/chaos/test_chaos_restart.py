@@ -388,7 +388,7 @@ def test_database_turning_read_only_stops_a_running_worker(
 #: Text only the claim statements send (the first time, before the server prepares them).
 CLAIM_TEXT = b"claimed AS ("
 #: Text only the claim that follows a report in the same round trip sends.
-CLAIM_AFTER_REPORT_TEXT = b"only if the report sent just before this claim was accepted"
+CLAIM_AFTER_REPORT_TEXT = b"AND r.reported_by = CAST("
 
 
 @pytest.mark.parametrize(

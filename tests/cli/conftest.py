@@ -13,6 +13,17 @@ from tests.conftest import url_text
 BACKENDS = ("postgres", "sqlite")
 
 
+def on_backend(name: str) -> pytest.MarkDecorator:
+    """Run a module's ``cli`` tests on one backend only (``pytestmark = on_backend(...)``).
+
+    For modules whose commands reach the database only through the broker, which the contract
+    suite already runs on PostgreSQL and SQLite: running each CLI test twice would double the
+    slowest part of the suite (every command is a new process) and test nothing new. The
+    modules are split between the two backends, so the CLI runs on both.
+    """
+    return pytest.mark.parametrize("backend", [name])
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.cli.conftest import on_backend
 from tests.cli.helpers import Cli, assert_one_line_error, wait_for
+
+pytestmark = on_backend("sqlite")
 
 
 def test_cancel_a_running_instance(cli: Cli) -> None:

@@ -7,9 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.cli.conftest import on_backend
 from tests.cli.control import event_times, reasons, with_control_flows
 from tests.cli.helpers import Cli, assert_one_line_error
 from tests.cli.test_cli_run import step_lines
+
+pytestmark = on_backend("sqlite")
 
 #: Clock differences between the test process and the database server it shares the host with.
 TOLERANCE = timedelta(seconds=0.1)

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.conftest import on_backend
 from tests.cli.control import reasons
 from tests.cli.helpers import Cli, assert_one_line_error, wait_for
+
+pytestmark = on_backend("postgres")
 
 UNKNOWN_ID = "0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21"
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from tests.cli.conftest import on_backend
 from tests.cli.control import event_times, reasons, with_control_flows
 from tests.cli.helpers import Cli, wait_for
 from tests.cli.test_cli_run import step_lines
+
+pytestmark = on_backend("postgres")
 
 TOLERANCE = timedelta(seconds=0.05)
 

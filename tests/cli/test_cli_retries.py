@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from tests.cli.conftest import on_backend
 from tests.cli.control import event_times, with_control_flows
 from tests.cli.helpers import Cli
+
+pytestmark = on_backend("postgres")
 
 #: control_flows.wobbly: RetryPolicy(max_retries=2, wait=0.3), backoff 2.0 (waits 0.3 s, then 0.6 s).
 WAITS = [timedelta(seconds=0.3), timedelta(seconds=0.6)]

@@ -175,6 +175,7 @@ def test_database_url_option_wins_over_the_environment(cli: Cli) -> None:
     assert_one_line_error(from_env.run("instances", "list"), 1, "127.0.0.1:1")
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # the contract suite runs prefetch on every broker
 def test_prefetching_workers_run_every_step_once(cli: Cli) -> None:
     """``--prefetch 3`` with two processes: steps claimed three at a time, reports sent in
     batches, and still every step of every instance runs once and the results are right."""

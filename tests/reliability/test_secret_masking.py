@@ -109,7 +109,16 @@ def test_no_cli_command_shows_the_password(secret_url: str, tmp_path: Path) -> N
     run("instances", "list")  # no tables: exit 1
 
     failed = [args for args, _, proc in runs if proc.returncode != 0]
-    assert len(runs) == 16 and len(failed) == 9, (len(runs), failed)
+    expected_to_fail = {
+        *REFUSED_HERE,
+        ("instances", "list"),  # refused first, then on the downgraded database
+        ("instances", "show", UNKNOWN_ID),
+        ("instances", "cancel", first),
+    }
+    unexpected = [(args, proc.stdout[-500:], proc.stderr[-500:]) for args, _, proc in runs
+                  if proc.returncode != 0 and args not in expected_to_fail]  # fmt: skip
+    assert len(runs) == 16 and not unexpected, unexpected
+    assert len(failed) == 9, failed
     for args, env, proc in runs:
         assert _clean(proc.stdout, proc.stderr), (args, proc.stdout, proc.stderr)
         if not env:  # FUSELINE_DEBUG=1 may show a traceback (checked above); nothing else does
