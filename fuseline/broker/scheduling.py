@@ -55,6 +55,11 @@ class WorkflowScheduling:
         return self.concurrency is not None or any(s.concurrency or s.rate for s in self.steps.values())
 
     @property
+    def sleeps(self) -> bool:
+        """Whether some step is a Sleep (the broker completes those itself)."""
+        return any(s.sleep_seconds is not None for s in self.steps.values())
+
+    @property
     def queues(self) -> frozenset[str]:
         """The queues its steps wait in, for workers (the timers' queue is no worker's)."""
         return frozenset(s.queue for s in self.steps.values() if s.sleep_seconds is None)

@@ -46,6 +46,9 @@ class Timers:
         self._next = now + INTERVAL
         done = 0
         for workflow_id, version in dict.fromkeys(workflows):
+            plan = self.plans.cached((workflow_id, version))
+            if plan is not None and not plan.scheduling.sleeps:
+                continue  # no Sleep in this workflow: no transaction to look for one
             params = {"p_workflow_id": workflow_id, "p_version": version, "p_limit": BATCH}
             with self.db.transaction() as conn:
                 due = conn.execute(self.reports.steps_due_timers, params).all()
