@@ -238,6 +238,38 @@ class StartRow(Base):
     at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+class ScheduleRow(Base):
+    """A cron or interval schedule (migration 0006); running workers fire its due ticks.
+
+    Exactly one of ``cron`` (read in ``timezone``) and ``every`` (whole seconds) is set.
+    ``next_fire_at`` is the first tick not fired yet (UTC); firing locks the row, so two
+    workers never fire the same tick, and the tick's instance key makes a replay harmless.
+    """
+
+    __tablename__ = "fuseline_schedules"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["workflow_id", "version"],
+            ["fuseline_workflows.workflow_id", "fuseline_workflows.version"],
+        ),
+        # Workers ask "which schedules are due" every half second: the due rows come first.
+        Index("ix_fuseline_schedules_next_fire_at", "next_fire_at"),
+    )
+
+    name: Mapped[str] = mapped_column(Name, primary_key=True)
+    workflow_id: Mapped[str] = mapped_column(Name)
+    version: Mapped[str] = mapped_column(String(100))
+    cron: Mapped[str | None] = mapped_column(String(200))
+    every: Mapped[int | None] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[str] = mapped_column(Text)
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    next_fire_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_tick: Mapped[datetime | None] = mapped_column(Timestamp)
+    last_instance_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class WorkerRow(Base):
     """A registered worker process. Its id is never reused, so it is a safe lease holder."""
 
@@ -282,3 +314,4 @@ steps = StepRow.__table__
 workers = WorkerRow.__table__
 events = EventRow.__table__
 starts = StartRow.__table__
+schedules = ScheduleRow.__table__
