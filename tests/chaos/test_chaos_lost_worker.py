@@ -85,6 +85,12 @@ IDLE_IN_TRANSACTION = (
 )
 
 
+def idle_in_transaction(db: ChaosDatabase) -> int:
+    """How many fuseline sessions are idle in transaction (a new connection: a fresh snapshot)."""
+    with db.engine.connect() as conn:
+        return int(conn.exec_driver_sql(IDLE_IN_TRANSACTION).scalar_one())
+
+
 def stop_outside_a_transaction(db: ChaosDatabase, worker: Worker) -> None:
     """SIGSTOP the worker, but not in the middle of a transaction (its heartbeat's, the only one
     it could have open while its step waits): a worker frozen inside one keeps its row locks,
@@ -234,8 +240,13 @@ def test_worker_partitioned_inside_a_transaction_loses_its_step(
 
         proxy.freeze_on(b"COMMIT")  # the next heartbeat's COMMIT never arrives, nor anything after
         assert proxy.frozen.wait(3 * lease), "the worker sent no heartbeat"
-        with db.engine.connect() as conn:
-            assert conn.exec_driver_sql(IDLE_IN_TRANSACTION).scalar_one() == 1
+        # pg_stat_activity lags the session under load, and another session may pass through
+        # "idle in transaction" for a moment: poll until exactly the frozen one is left.
+        wait_for(
+            lambda: idle_in_transaction(db) == 1,
+            10,
+            "exactly one fuseline session idle in transaction (the frozen heartbeat)",
+        )
         try:
             wait_for(lambda: successes(db), 2 * lease, "another worker to re-run the step")
         finally:

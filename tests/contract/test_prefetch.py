@@ -243,13 +243,20 @@ def test_a_released_step_keeps_its_full_attempt_budget(make_broker):
 
 
 def test_releasing_a_step_no_longer_held_changes_nothing(make_broker):
-    """Reported, or expired and taken over by another worker: the release is left alone."""
-    broker = make_broker(lease_seconds=LEASE)
+    """Reported, or expired and taken over by another worker: the release is left alone.
+
+    The rescuer registers only once the lease has lapsed, and the lease is 1 s: registered at the
+    start with a 0.3 s lease, a loaded machine once kept it silent for more than twice the lease
+    before its claim, which the broker refused (WorkerExpired: listed dead) as it must.
+    """
+    lease = 1.0
+    broker = make_broker(lease_seconds=lease)
     reported, lost = (wf.SINGLE.dispatch(broker, {"x": n}) for n in (1, 2))
-    worker, rescuer = register(broker, wf.SINGLE), register(broker, wf.SINGLE)
+    worker = register(broker, wf.SINGLE)
     done, expired = broker.get_steps(worker, 2)
     assert broker.report_steps(worker, [ok(done, 2)]) == [None]
-    time.sleep(PAST_LEASE)
+    time.sleep(1.5 * lease)  # the lease of ``expired`` lapses
+    rescuer = register(broker, wf.SINGLE)
     (taken,) = broker.get_steps(rescuer, 2)
     assert held([taken]) == [(lost, "double", 2)]
     before = {i: (broker.get_instance(i), trail(broker, i)) for i in (reported, lost)}
