@@ -178,8 +178,32 @@ class ReportConflict(BrokerError):
     """A replayed report disagrees with the result already accepted for that attempt."""
 
 
+class SignalConflict(BrokerError):
+    """A signal of that name was already sent to that instance: signals are delivered once."""
+
+    def __init__(self, instance_id: str, name: str) -> None:
+        self.instance_id, self.name = instance_id, name
+        super().__init__(
+            f"instance {instance_id!r} already received signal {name!r}; a signal is taken once, "
+            "the second one was refused"
+        )
+
+
 class InvalidTransition(BrokerError):
     """An operation does not apply to the instance in its current state."""
+
+
+class ScheduleError(BrokerError):
+    """A schedule cannot be added or changed as asked (a bad cron expression, an unknown time
+    zone, an interval of 0, a name already taken): refused before anything is written."""
+
+
+class UnknownSchedule(ScheduleError):
+    """No schedule has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown schedule {name!r} (see: fuseline schedules list)")
 
 
 class DatabaseError(FuselineError):
