@@ -27,6 +27,7 @@ from ..errors import BrokerError, LeaseLost, ReportConflict
 from ..states import FINAL_STATES, Status
 from ..workflow.schema import WorkflowSchema
 from .dispatching import Dispatch, as_dispatches
+from .schedules import ScheduleMethods
 
 DEFAULT_LEASE_SECONDS = 30.0
 #: Largest JSON result (UTF-8 bytes) a broker stores for one step.
@@ -198,8 +199,9 @@ class InstanceEvent:
     detail: str | None = None
 
 
-class Broker(ABC):
-    """Stores workflows, instances, step states, results and leases."""
+class Broker(ScheduleMethods, ABC):
+    """Stores workflows, instances, step states, results and leases (and schedules: see
+    :class:`~fuseline.broker.schedules.ScheduleMethods`)."""
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
 

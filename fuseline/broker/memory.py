@@ -51,6 +51,7 @@ from .memory_keys import KeyIndex
 from .memory_limits import FlowControl
 from .memory_queue import Entry, ReadyQueue
 from .memory_reads import MemoryReads
+from .memory_schedules import MemoryScheduling, ScheduleBook
 from .memory_records import InstanceRecord, PlanStore, StepRecord, WorkerRecord, served_queues
 from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state
 
@@ -60,7 +61,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class MemoryBroker(MemoryReads, Broker):
+class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
     """The broker contract in memory.
 
     ``store_json=False`` keeps results as Python objects instead of JSON
@@ -92,6 +93,7 @@ class MemoryBroker(MemoryReads, Broker):
         self._ready = ReadyQueue()
         self._running: set[tuple[str, str]] = set()
         self._flow = FlowControl(self._instances, self._running, self._load)
+        self._schedules = ScheduleBook()
         self._finished_seq = itertools.count(1)
         self._created_seq = itertools.count(1)
         self._tokens = itertools.count(1)
@@ -186,6 +188,7 @@ class MemoryBroker(MemoryReads, Broker):
             worker = self._living(worker_id)
             self._reap_expired()
             self._wake_sleepers()
+            self.fire_schedules()
             now = time.monotonic()
             gate = self._flow.gate(now)
 
