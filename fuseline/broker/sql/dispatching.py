@@ -155,6 +155,13 @@ class InstanceCreation:
         self.plans.remember(plans)
         return ids
 
+    def dispatch_within(self, conn: Connection, plan: WorkflowPlan, dispatch: Dispatch) -> str:
+        """Create one instance in the caller's transaction (a schedule's tick: the instance and
+        the schedule's move commit together); its id, or for a key dispatched before with
+        equal inputs the existing instance's (KeyConflict for other inputs)."""
+        encoded = codec.encode_inputs(dispatch.inputs)
+        return self._insert(conn, plan, [new_id()], [encoded], [dispatch])[0]
+
     def _insert(
         self,
         conn: Connection,
