@@ -68,6 +68,8 @@ class EventKind(str, Enum):
     #: A step failed and its RetryPolicy allows another try: QUEUED again after the policy's
     #: delay (the event's detail is the failure).
     RETRY_SCHEDULED = "retry_scheduled"
+    #: ``broker.signal``: the event's detail is the signal's name.
+    SIGNALLED = "signalled"
     INSTANCE_SUCCEEDED = "instance_succeeded"
     INSTANCE_FAILED = "instance_failed"
     INSTANCE_CANCELLED = "instance_cancelled"

@@ -92,6 +92,8 @@ class StepInfo:
     finished_at: datetime | None
     max_attempts: int = 3
     retries: int = 0
+    #: A SubWorkflow step: the child instance it started (the latest one after a retry).
+    child_instance_id: str | None = None
 
 
 class Reason:
@@ -108,6 +110,9 @@ class Reason:
     CONCURRENCY_LIMIT = "concurrency_limit"  #: its step's ConcurrencyLimit is full
     WORKFLOW_CONCURRENCY_LIMIT = "workflow_concurrency_limit"  #: its workflow's limit is full
     RATE_LIMITED = "rate_limited"  #: its step's RateLimit window is full
+    WAITING_FOR_SIGNAL = "waiting_for_signal"  #: a WaitFor step: no such signal yet
+    WAITING_FOR_ITEMS = "waiting_for_items"  #: a Map: its items are running
+    WAITING_FOR_CHILD = "waiting_for_child"  #: a SubWorkflow: its child instance is running
     NO_WORKER = "no_worker"  #: claimable, but no live worker serves its workflow and queue
     QUEUED = "queued"  #: claimable and served: waiting for a free worker
     RUNNING = "running"  #: leased to a worker
@@ -141,6 +146,14 @@ class InstanceInfo:
     steps: list[StepInfo] = field(default_factory=list)
     key: str | None = None
     priority: int = 0
+    #: A child instance: the instance and the SubWorkflow step that started it.
+    parent_instance_id: str | None = None
+    parent_step: str | None = None
+
+    @property
+    def children(self) -> list[str]:
+        """The child instances its SubWorkflow steps started."""
+        return [s.child_instance_id for s in self.steps if s.child_instance_id]
 
     @property
     def steps_done(self) -> int:
@@ -373,6 +386,13 @@ class Broker(ScheduleMethods, ABC):
     @abstractmethod
     def retry_instance(self, instance_id: str) -> InstanceInfo:
         """Run a FAILED or CANCELLED instance again from its failed and cancelled steps."""
+
+    def signal(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Send signal ``name`` with JSON ``data`` to a RUNNING instance: a ``WaitFor(name)``
+        step succeeds with ``data`` (now, or when it is reached). Each name is taken once per
+        instance: a second raises ``SignalConflict``; an unknown instance ``UnknownInstance``,
+        a finished one ``InvalidTransition``."""
+        raise NotImplementedError(f"{type(self).__name__} does not take signals")
 
     def close(self) -> None:
         """Release connections; the broker is not used afterwards."""

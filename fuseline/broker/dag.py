@@ -194,8 +194,8 @@ class WorkflowPlan:
 
     def chosen_action(self, step: str, result: Any) -> str | None:
         """The branch a SUCCEEDED step took: its result if that names one of its actions."""
-        node = self.nodes[step]
-        if node.actions and isinstance(result, str) and result in node.actions:
+        node = self.nodes.get(step)  # a Map item has no node and no branches
+        if node is not None and node.actions and isinstance(result, str) and result in node.actions:
             return result
         return None
 

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..errors import (
-    InvalidTransition,
     ResultNotSerializable,
     ResultTooLarge,
     UnknownInstance,
@@ -29,14 +28,13 @@ from ..errors import (
     UnknownWorkflow,
     WorkerExpired,
 )
-from ..states import BROKEN_STATES, EventKind, Status
+from ..states import EventKind, Status
 from ..workflow.schema import WorkflowSchema
 from . import codec
 from .base import (
     DEFAULT_LEASE_SECONDS,
     DEFAULT_MAX_RESULT_BYTES,
     Broker,
-    InstanceInfo,
     Lease,
     Reason,
     StepAssignment,
@@ -46,14 +44,17 @@ from .base import (
 from .dag import Progress, StepView, WorkflowPlan
 from .dispatching import Dispatch
 from .ids import new_id
+from .memory_control import MemoryControl
 from .memory_explain import Explainer, Moment
 from .memory_keys import KeyIndex
 from .memory_limits import FlowControl
 from .memory_queue import Entry, ReadyQueue
 from .memory_reads import MemoryReads
-from .memory_schedules import MemoryScheduling, ScheduleBook
 from .memory_records import InstanceRecord, PlanStore, StepRecord, WorkerRecord, served_queues
+from .memory_schedules import MemoryScheduling, ScheduleBook
+from .memory_shapes import MemoryShapes
 from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state
+from .shapes import map_problem
 
 
 def _utcnow() -> datetime:
@@ -61,7 +62,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
+class MemoryBroker(MemoryControl, MemoryShapes, MemoryReads, MemoryScheduling, Broker):
     """The broker contract in memory.
 
     ``store_json=False`` keeps results as Python objects instead of JSON
@@ -217,11 +218,14 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
         self._flow.note_claim(instance, step.name, time.monotonic())
         self._event(instance, EventKind.CLAIMED, step, worker_id=worker_id)
         results = {n: self._load(instance.steps[n].result) for n in step.inputs_from}
+        payload = {"workflow_inputs": self._load(instance.inputs), "results": results}
+        if step.name not in instance.plan.nodes:
+            payload["item"] = self._load(step.item)  # a Map item
         return StepAssignment(
             workflow_id=instance.workflow_id,
             instance_id=instance.instance_id,
             step_name=step.name,
-            payload={"workflow_inputs": self._load(instance.inputs), "results": results},
+            payload=payload,
             assigned_at=now,
             expires_at=now + timedelta(seconds=self.lease_seconds),
             attempt=step.attempt,
@@ -242,10 +246,10 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
                     self._finish(instance, step, Status.FAILED, None, WORKER_LOST)
 
     def _wake_sleepers(self) -> None:
-        """Complete the Sleep steps whose time has come; every claim does it, as it reaps."""
+        """Complete the Sleep and WaitFor steps whose time has come; every claim does it, as it reaps."""
         for entry in self._ready.due_timers(time.monotonic(), self._is_current):
             instance = self._instances[entry.instance_id]
-            self._finish(instance, instance.steps[entry.step_name], Status.SUCCEEDED, None, None)
+            self._time_up(instance, instance.steps[entry.step_name])
 
     def _release(self, instance: InstanceRecord, step: StepRecord) -> None:
         """Give a held step back to the end of the queue; a graceful release does not use up an attempt."""
@@ -271,14 +275,20 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
     def _queue(
         self, instance: InstanceRecord, step: StepRecord, available_at: float, held_for: str | None = None
     ) -> None:
-        """QUEUED, claimable from ``available_at`` (a Sleep: completed ``sleep_seconds`` later)."""
-        scheduling = instance.plan.scheduling.steps[step.name]
-        if scheduling.sleep_seconds is not None:
-            available_at += scheduling.sleep_seconds
+        """QUEUED, claimable from ``available_at`` (a Sleep: completed ``sleep_seconds`` later;
+        a Map, SubWorkflow or WaitFor: started by the broker, see ``MemoryShapes``)."""
+        scheduling = instance.plan.scheduling.of(step.name)
+        if self._park(instance, step, scheduling, available_at):
+            return
+        delay = scheduling.delay if step.name in instance.plan.nodes else None
         token = next(self._tokens)
-        entry = step.enqueue(instance.instance_id, instance.priority, available_at, held_for, token)
-        if scheduling.sleep_seconds is not None:
+        entry = step.enqueue(
+            instance.instance_id, instance.priority, available_at + (delay or 0.0), held_for, token
+        )
+        if delay is not None:
             self._ready.push_timer(entry)
+        elif scheduling.parked and step.name in instance.plan.nodes:
+            pass  # a WaitFor without a timeout: only its signal moves it
         else:
             self._ready.push((instance.workflow_id, instance.version), scheduling.queue, entry)
         self._work_queued.notify_all()
@@ -309,6 +319,10 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
                     result = self._store(step.name, report.result)
                 except (ResultNotSerializable, ResultTooLarge) as exc:  # refused: no retry
                     state, error = Status.FAILED, str(exc)
+                if state is Status.SUCCEEDED and (
+                    problem := map_problem(instance.plan, step.name, report.result)
+                ):
+                    state, result, error = Status.FAILED, None, problem
             elif state is Status.FAILED:
                 error = error or NO_ERROR_TEXT
                 if self._retry_later(instance, step, worker_id, error):
@@ -320,7 +334,7 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
     def _retry_later(self, instance: InstanceRecord, step: StepRecord, worker_id: str, error: str) -> bool:
         """A reported failure its RetryPolicy allows another try: QUEUED again after the policy's delay,
         the instance untouched. Returns False when the failure stands."""
-        retry = instance.plan.scheduling.steps[step.name].retry
+        retry = instance.plan.scheduling.of(step.name).retry
         if not self.broker_retries or retry is None or step.retries >= retry.max_retries:
             return False
         step.retries += 1
@@ -343,6 +357,9 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
         if state is Status.SUCCEEDED:
             step.action = instance.plan.chosen_action(step.name, self._load(result))
         self._event(instance, EventKind.of_step(state), step, worker_id=step.worker_id, detail=error)
+        if step.name not in instance.plan.nodes:
+            self._item_ended(instance, step)
+            return
         views = instance.views()
         self._apply(instance, instance.plan.settle(views, instance.plan.successors(step.name)))
         self._finalize_if_done(instance, views)
@@ -378,6 +395,7 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
             first = min(failed, key=lambda s: s.finished_seq or 0)
             instance.error = f"step {first.name!r} failed: {first.error}"
         self._event(instance, EventKind.of_instance(outcome), None, detail=instance.error)
+        self._child_ended(instance)
 
     # -- instances ---------------------------------------------------------------------
     def dispatch_instances(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
@@ -391,7 +409,14 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
                     self._create(plan, dispatch, inputs, instance_id)
             return ids
 
-    def _create(self, plan: WorkflowPlan, dispatch: Dispatch, inputs: Any, instance_id: str) -> None:
+    def _create(
+        self,
+        plan: WorkflowPlan,
+        dispatch: Dispatch,
+        inputs: Any,
+        instance_id: str,
+        parent: tuple[str, str] | None = None,
+    ) -> None:
         instance = InstanceRecord(
             instance_id=instance_id,
             workflow_id=plan.workflow_id,
@@ -402,6 +427,7 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
             steps={n: StepRecord(n, plan.nodes[n].max_attempts, next(self._created_seq)) for n in plan.order},
             key=dispatch.key,
             priority=dispatch.priority,
+            parent=parent,
         )
         self._instances[instance_id] = instance
         self._keys.remember(plan.workflow_id, dispatch.key, instance_id)
@@ -425,45 +451,6 @@ class MemoryBroker(MemoryReads, MemoryScheduling, Broker):
             moment = Moment(time.monotonic(), now)
             explainer = Explainer(self._flow.gate(moment.monotonic), moment, self._workers, self._is_alive)
             return explainer.explain(instance)
-
-    def cancel_instance(self, instance_id: str) -> InstanceInfo:
-        with self._lock:
-            instance = self._instance(instance_id)
-            if instance.status is not Status.RUNNING:
-                raise InvalidTransition(
-                    f"instance {instance_id!r} is {instance.status}; only RUNNING instances can be cancelled"
-                )
-            now = _utcnow()
-            for step in instance.steps.values():
-                if not step.state.is_final:
-                    self._running.discard((instance_id, step.name))
-                    step.end(Status.CANCELLED, now, next(self._finished_seq))
-                    self._event(instance, EventKind.CANCELLED, step)
-            instance.status = Status.CANCELLED
-            instance.finished_at = now
-            self._event(instance, EventKind.INSTANCE_CANCELLED, None)
-            return instance.info(self._load)
-
-    def retry_instance(self, instance_id: str) -> InstanceInfo:
-        with self._lock:
-            instance = self._instance(instance_id)
-            if instance.status not in (Status.FAILED, Status.CANCELLED):
-                raise InvalidTransition(
-                    f"instance {instance_id!r} is {instance.status}; only FAILED or CANCELLED "
-                    "instances can be retried"
-                )
-            reset = []
-            for step in instance.steps.values():
-                if step.state in BROKEN_STATES:
-                    step.reset(instance.plan.nodes[step.name].max_attempts)
-                    reset.append(step.name)
-            instance.status = Status.RUNNING
-            instance.result = instance.error = instance.finished_at = None
-            self._event(instance, EventKind.RETRIED, None)
-            views = instance.views()
-            self._apply(instance, instance.plan.settle(views, reset))
-            self._finalize_if_done(instance, views)
-            return instance.info(self._load)
 
     # -- helpers -------------------------------------------------------------------------
     def _store(self, step_name: str, value: Any) -> Any:

@@ -17,6 +17,7 @@ from ..states import UNFINISHED_STATES, Status
 from .base import Reason, StepExplanation
 from .memory_limits import Gate, Hold
 from .memory_records import InstanceRecord, StepRecord, WorkerRecord
+from .shapes import parked_reason
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class Explainer:
         scheduling = instance.plan.scheduling.steps[step.name]
         if scheduling.sleep_seconds is not None:
             return Reason.SLEEPING, f"until {self.moment.show(step.available_at)}"
+        if scheduling.parked:
+            timeout = self.moment.show(step.available_at) if scheduling.delay is not None else None
+            return parked_reason(scheduling, instance.open_items.get(step.name), step.child_id, timeout)
         if step.available_at > self.moment.monotonic:
             return self._held_back(step, scheduling.max_retries)
         hold = self.gate.hold(instance, step.name)

@@ -18,6 +18,7 @@ from typing import Any
 from ..workflow.scheduling import ConcurrencyLimit, RateLimit
 from .base import Reason
 from .memory_records import InstanceRecord
+from .scheduling import item_base
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FlowControl:
     def note_claim(self, instance: InstanceRecord, step_name: str, now: float) -> None:
         """A claim: the instance is in progress from now on, and the claim counts in rate windows."""
         instance.claimed = True
+        step_name = item_base(step_name)  # a Map's items count as their step
         if instance.plan.scheduling.steps[step_name].rate is not None:
             key = (instance.workflow_id, step_name)
             self._starts.setdefault(key, deque()).append((now, instance.instance_id))
@@ -84,6 +86,7 @@ class Gate:
     def hold(self, instance: InstanceRecord, step_name: str) -> Hold | None:
         """What keeps the QUEUED step ``step_name`` of ``instance`` from being claimed now, if anything."""
         scheduling = instance.plan.scheduling
+        step_name = item_base(step_name)  # a Map's items count as their step
         step, workflow_id = scheduling.steps[step_name], instance.workflow_id
         if (steps := step.concurrency) is not None:
             value = self._value(instance, steps)
@@ -124,9 +127,9 @@ class Gate:
             instance = self.flow.instances[instance_id]
             deadline = instance.steps[name].lease_deadline
             if (
-                name == step_name
+                item_base(name) == step_name
                 and instance.workflow_id == workflow_id
-                and instance.plan.scheduling.steps[name].concurrency is not None
+                and instance.plan.scheduling.of(name).concurrency is not None
                 and deadline is not None
                 and deadline >= self.now
                 and self._same(instance_id, limit, value)

@@ -51,6 +51,10 @@ class StepRecord:
     action: str | None = None
     #: The worker whose report set the final state (None: reaper, cancel or the rules).
     reported_by: str | None = None
+    #: A Map item's value (as stored); the item is passed as the step's ``item`` parameter.
+    item: Any = None
+    #: A SubWorkflow step: the child instance it started.
+    child_id: str | None = None
 
     @property
     def executions(self) -> int:
@@ -117,7 +121,7 @@ class StepRecord:
         """As users see it: ``attempt`` counts executions (claims given back are not)."""
         return StepInfo(
             self.name, self.state, self.executions, load(self.result), self.error, self.worker_id,
-            self.started_at, self.finished_at, self.max_attempts, self.retries,
+            self.started_at, self.finished_at, self.max_attempts, self.retries, self.child_id,
         )  # fmt: skip
 
 
@@ -139,6 +143,12 @@ class InstanceRecord:
     error: str | None = None
     finished_at: datetime | None = None
     events: list[InstanceEvent] = field(default_factory=list)
+    #: A child instance: (parent instance, its SubWorkflow step).
+    parent: tuple[str, str] | None = None
+    #: Signals received: name -> data (as stored), kept until a WaitFor takes them.
+    signals: dict[str, Any] = field(default_factory=dict)
+    #: Map step -> its items not yet final (the last one completes the map).
+    open_items: dict[str, int] = field(default_factory=dict)
     #: Input name -> its value as canonical JSON, for limits keyed by that input.
     _limit_values: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -185,6 +195,8 @@ class InstanceRecord:
             steps=[s.info(load) for s in self.steps.values()],
             key=self.key,
             priority=self.priority,
+            parent_instance_id=self.parent[0] if self.parent else None,
+            parent_step=self.parent[1] if self.parent else None,
         )
 
 

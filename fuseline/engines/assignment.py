@@ -9,6 +9,7 @@ from ..broker.base import StepAssignment, StepReport
 from ..states import Status
 from ..workflow.execution import describe_error
 from ..workflow.lifecycle import StepLifecycle
+from ..workflow.shapes import ITEM_PARAMETER
 from ..workflow.workflow import Workflow
 
 
@@ -42,14 +43,16 @@ def run_assignment(
     engine must stop, not report.
     """
     started = time.perf_counter()
-    step = workflow.steps_by_name[assignment.step_name]
     payload = assignment.payload
+    step = workflow.step_for(assignment.step_name)
     shared = {
         workflow.steps_by_name[name]: value
         for name, value in (payload.get("results") or {}).items()
         if name in workflow.steps_by_name
     }
     inputs = payload.get("workflow_inputs") or {}
+    if "item" in payload:  # a Map item: the mapped step's ``item`` parameter
+        inputs = {**inputs, ITEM_PARAMETER: payload["item"]}
     error: Exception | None = None
     try:
         outcome = workflow.execute_step(

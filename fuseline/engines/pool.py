@@ -61,7 +61,7 @@ class PoolEngine:
         broker = MemoryBroker(store_json=False, lease_seconds=_IN_PROCESS_LEASE_SECONDS, broker_retries=False)
         schema = workflow.to_schema()
         instance_id = broker.dispatch_workflow(schema, dict(inputs))
-        worker_id = broker.register_worker([schema])
+        worker_id = broker.register_worker([schema, *(child.to_schema() for child in workflow.children)])
         with StepLifecycle() as lifecycle:
             pool = _InstancePool(workflow, broker, instance_id, worker_id, lifecycle)
             pool.run(self.workers)
@@ -122,6 +122,13 @@ class _InstancePool:
         if self.fatal is not None:
             raise self.fatal
 
+    def _workflow_of(self, assignment: StepAssignment) -> Workflow:
+        """The run's workflow, or the SubWorkflow child whose step this is."""
+        key = (assignment.workflow_id, assignment.version)
+        if key == self.workflow.key:
+            return self.workflow
+        return next(c for c in self.workflow.children if c.key == key)
+
     def stop(self) -> None:
         """Claim no more steps; threads return after the step in hand."""
         with self._changed:
@@ -131,7 +138,7 @@ class _InstancePool:
     def _work(self) -> None:
         try:
             while (assignment := self._next()) is not None:
-                execution = run_assignment(self.workflow, assignment, self.lifecycle)
+                execution = run_assignment(self._workflow_of(assignment), assignment, self.lifecycle)
                 with self._changed:
                     if execution.error is not None:
                         self.errors.append(execution.error)

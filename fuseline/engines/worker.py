@@ -94,7 +94,8 @@ class Worker:
     ) -> None:
         self.client = client
         self.queues = list(queues) if queues is not None else None
-        self.workflows = {(wf.workflow_id, wf.version): wf for wf in workflows}
+        # A workflow's SubWorkflow children are served too: their steps need a worker.
+        self.workflows = {wf.key: wf for parent in workflows for wf in (parent, *parent.children)}
         if heartbeat_interval is None:
             lease = getattr(client, "lease_seconds", None)
             heartbeat_interval = lease / 3 if lease else DEFAULT_HEARTBEAT_SECONDS

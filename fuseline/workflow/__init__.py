@@ -12,6 +12,7 @@ from .policies import Policy, RetryPolicy, StepPolicy, StepTimeoutPolicy, Workfl
 from .runner import NoRunner, Runner, WorkflowRun, default_runner, set_default_runner
 from .scheduling import ConcurrencyLimit, RateLimit, SchedulingPolicy
 from .schema import WorkflowSchema
+from .shapes import Map, SubWorkflow, WaitFor
 from .step import AsyncStep, FunctionStep, Sleep, Step
 from .workflow import Workflow, workflow_from_functions
 
@@ -30,14 +31,17 @@ __all__ = [
     "RetryPolicy",
     "Runner",
     "SchedulingPolicy",
+    "Map",
     "Sleep",
     "Step",
     "StepLifecycle",
     "StepPolicy",
     "StepTimeoutPolicy",
+    "SubWorkflow",
     "Workflow",
     "WorkflowPolicy",
     "WorkflowRun",
+    "WaitFor",
     "WorkflowSchema",
     "default_runner",
     "policy_from_config",

@@ -15,6 +15,7 @@ from ..errors import WorkflowDefinitionError
 from .policies import Policy
 from .scheduling import RateLimit, SchedulingPolicy
 from .schema import WorkflowSchema, canonical_json, check_name
+from .shapes import ITEM_PARAMETER, Map, ShapeStep, SubWorkflow
 from .step import DEFAULT_QUEUE, FunctionStep, Sleep, Step
 
 
@@ -101,7 +102,11 @@ def build_schema(
             "kind": step.kind,
             "type": step.type_name,
             "max_attempts": step.max_attempts,
-            "inputs": [p.name for p in step.parameters if p.is_input],
+            "inputs": [
+                p.name
+                for p in step.parameters
+                if p.is_input and not (isinstance(step, Map) and p.name == ITEM_PARAMETER)
+            ],
             "dependencies": dependencies,
             "policies": [p.describe() for p in step.policies],
         }
@@ -110,6 +115,10 @@ def build_schema(
             spec["queue"] = step.queue
         if isinstance(step, Sleep):
             spec["sleep_seconds"] = step.seconds
+        if isinstance(step, (Map, ShapeStep)):
+            spec.update(step.describe_shape(names))
+        if isinstance(step, SubWorkflow):
+            dependencies.update(step.consumed(names))
         steps.append(spec)
         for predecessor in step.predecessors:
             actions = step.edge_actions(predecessor)

@@ -170,7 +170,9 @@ class WorkflowSchema:
             "dependencies": spec.get("dependencies", {}),
         }
         scheduling: dict[str, Any] = {
-            key: spec[key] for key in ("queue", "sleep_seconds") if spec.get(key) is not None
+            key: spec[key]
+            for key in ("queue", "sleep_seconds", "map", "wait_for", "subworkflow")
+            if spec.get(key) is not None
         }
         policies = [p for p in spec.get("policies", ()) if p.get("type") in SCHEDULING_POLICIES]
         if policies:

@@ -15,6 +15,7 @@ from .lifecycle import StepLifecycle
 from .policies import Policy, RetryPolicy, StepPolicy, WorkflowPolicy
 from .runner import Runner, WorkflowRun, default_runner
 from .schema import WorkflowSchema, check_name
+from .shapes import SubWorkflow, contains_workflow
 from .step import FunctionStep, Step, running_as
 
 
@@ -93,11 +94,32 @@ class Workflow:
             if workflow_id is not None
             else default_workflow_id(self._order, graph)
         )
+        for step in self._order:
+            if contains_workflow(step, self.workflow_id):
+                raise WorkflowDefinitionError(
+                    f"workflow {self.workflow_id!r} contains itself through SubWorkflow "
+                    f"{self._names[step]!r}: a workflow cannot run itself"
+                )
         self._schema = build_schema(
             self._order, self._names, self.outputs, self.policies, self.workflow_id, self.version
         )
 
     # -- structure --------------------------------------------------------------------
+    @property
+    def children(self) -> list[Workflow]:
+        """The workflows its SubWorkflow steps run, and theirs, each once: a worker of this
+        workflow runs their steps too."""
+        found: dict[tuple[str, str], Workflow] = {}
+        for step in self._order:
+            if isinstance(step, SubWorkflow):
+                for child in (step.child, *step.child.children):
+                    found.setdefault(child.key, child)
+        return list(found.values())
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.workflow_id, self.version)
+
     @property
     def steps(self) -> dict[str, Step]:
         """Step name -> Step, in topological order (a copy)."""
@@ -107,6 +129,16 @@ class Workflow:
     def steps_by_name(self) -> Mapping[str, Step]:
         """Step name -> Step without copying, for engines on the hot path."""
         return self._steps
+
+    def step_for(self, name: str) -> Step:
+        """The step a broker's assignment names: a step's name, or a Map item's ``name[i]``
+        (its Map, which runs the mapped step with the item)."""
+        found = self._steps.get(name)
+        if found is None and name.endswith("]") and "[" in name:
+            found = self._steps.get(name[: name.rfind("[")])
+        if found is None:
+            raise KeyError(f"workflow {self.workflow_id!r} has no step {name!r}")
+        return found
 
     def name_of(self, step: Step) -> str:
         """The name of ``step`` in this workflow (it may differ in another workflow)."""
