@@ -38,6 +38,7 @@ from .plans import PlanCache
 from .queries import claims, definitions, events, explain, instances, leases, reports, workers
 from .reporting import OneStatementReports, Reporter
 from .rules import InstanceRules
+from .schedules import SqlSchedules, SqlScheduling
 from .timers import Timers
 from .workers import WorkerRegistry
 
@@ -45,7 +46,7 @@ from .workers import WorkerRegistry
 ENGINE_OVERFLOW = 4
 
 
-class SqlBroker(contract.Broker):
+class SqlBroker(SqlScheduling, contract.Broker):
     """The broker on a SQL database shared by any number of worker processes.
 
     ``url_or_engine`` is a database URL (``postgresql+psycopg://...`` or
@@ -159,6 +160,7 @@ class SqlBroker(contract.Broker):
         q_instances = instances.for_dialect(dialect)
         self._instances = Instances(self.db, q_instances, q_reports, q_events, rules, self._plans)
         self._creation = InstanceCreation(self.db, q_instances, q_events, self._plans, fast_dispatch)
+        self._schedules = SqlSchedules.on(self.db, self._plans, self._creation)
         self._explainer = Explainer(
             self.db, explain.for_dialect(dialect), q_claims, q_instances, self._plans, dead_after
         )
@@ -213,11 +215,13 @@ class SqlBroker(contract.Broker):
 
     # -- claims and reports ----------------------------------------------------------------
     def get_step(self, worker_id: str) -> contract.StepAssignment | None:
+        self._schedules.fire_due()  # running workers fire due schedules: no daemon
         claimed = self._claimer.claim(worker_id, 1)
         return claimed[0] if claimed else None
 
     def get_steps(self, worker_id: str, limit: int) -> list[contract.StepAssignment]:
         """The whole batch in one statement on PostgreSQL; one claim at a time elsewhere."""
+        self._schedules.fire_due()
         return self._claimer.claim(worker_id, max(1, limit))
 
     def report_step(self, worker_id: str, report: contract.StepReport) -> None:
@@ -229,6 +233,7 @@ class SqlBroker(contract.Broker):
         return self._reporter.report_many(worker_id, reports)
 
     def report_and_claim(self, worker_id: str, report: contract.StepReport) -> contract.StepAssignment | None:
+        self._schedules.fire_due()
         return self._reporter.report_and_claim(worker_id, report)
 
     # -- instances -------------------------------------------------------------------------
