@@ -45,8 +45,8 @@ def add(
         typer.Option(
             "--cron",
             metavar="EXPR",
-            help="A cron expression (minute hour day-of-month month day-of-week), read in --timezone, "
-            "e.g. --cron '30 2 * * *' (every day at 02:30).",
+            help="A cron expression (minute hour day-of-month month day-of-week) in the schedule's "
+            "time zone, e.g. --cron '30 2 * * *' (every day at 02:30).",
         ),
     ] = None,
     every: Annotated[
@@ -54,8 +54,8 @@ def add(
         typer.Option(
             "--every",
             metavar="SECONDS",
-            help="Instead of --cron: an interval in whole seconds (or with s, m, h, d); ticks fall on "
-            "multiples of it since 1970 in UTC, e.g. --every 300 or --every 5m.",
+            help="Instead of a cron expression: an interval in whole seconds (or with s, m, h, d); "
+            "ticks fall on multiples of it since 1970 in UTC, e.g. --every 300 or --every 5m.",
         ),
     ] = None,
     inputs: Annotated[
@@ -80,7 +80,8 @@ def add(
         typer.Option(
             "--timezone",
             metavar="TZ",
-            help="The IANA time zone --cron is read in (default UTC), e.g. --timezone Europe/Oslo.",
+            help="The IANA time zone cron expressions are read in (default UTC), "
+            "e.g. --timezone Europe/Oslo.",
         ),
     ] = None,
     name: Annotated[

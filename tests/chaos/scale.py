@@ -115,6 +115,18 @@ BLOAT = pick(
 )
 BLOAT_MAX_P99_RATIO = 5.0
 
+
+@dataclass(frozen=True)
+class ScheduleChaos:
+    """Issue 12: workers fire an ``--every 1`` schedule while ``kills`` of them are SIGKILLed midway."""
+
+    workers: int
+    seconds: float
+    kills: int
+
+
+SCHEDULES = ScheduleChaos(workers=pick(4, 8), seconds=pick(15.0, 60.0), kills=pick(1, 2))
+
 _report_lock = threading.Lock()
 
 
