@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
+from tests.cli.conftest import on_backend
 from tests.cli.helpers import Cli, assert_one_line_error, error_lines
 from tests.conftest import url_text
 
@@ -56,6 +57,7 @@ def test_usage_mistakes_exit_2_with_one_line(sqlite_cli: Cli, args: tuple[str, .
     ],
     ids=["show", "cancel", "retry-not-uuid"],
 )
+@on_backend("postgres")  # ids are checked before any query (UnknownInstance), on any database
 def test_unknown_instance_exits_1(cli: Cli, args: tuple[str, ...]) -> None:
     proc = cli.run(*args)
 

@@ -1,11 +1,16 @@
-"""``submit``, ``worker run --burst``, ``submit --wait`` and the instance listings."""
+"""``submit``, ``worker run --burst``, ``submit --wait`` and the instance listings.
+
+These commands reach the database only through the broker, which the contract suite runs on
+PostgreSQL and SQLite, so each test runs on one backend (``on_backend``), the tests split between
+the two; a test that checks something of its backend keeps it (the default file of SQLite), and
+the JSON round trip of inputs (JSONB on PostgreSQL, text on SQLite) runs on both.
+"""
 
 from __future__ import annotations
 
 import re
 
-import pytest
-
+from tests.cli.conftest import on_backend
 from tests.cli.helpers import Cli, assert_one_line_error, is_uuid
 
 LOG_LINE = re.compile(
@@ -18,6 +23,7 @@ def step_lines(stderr: str) -> list[dict[str, str]]:
     return [m.groupdict() for m in LOG_LINE.finditer(stderr)]
 
 
+@on_backend("sqlite")  # checks that the default fuseline.db appears
 def test_submit_then_burst_worker_then_list_and_show(cli: Cli) -> None:
     submitted = cli.ok("submit", "flows:diamond", "--input", "x=3", "--input", "y=4")
     instance_id = submitted.stdout.splitlines()[0]
@@ -65,6 +71,7 @@ def test_submit_then_burst_worker_then_list_and_show(cli: Cli) -> None:
     assert cli.json("instances", "list", "--status", "SUCCEEDED", "--workflow", "cli-flaky") == []
 
 
+@on_backend("postgres")  # the idle worker woken by the submit's NOTIFY
 def test_submit_wait_with_a_worker_in_the_background(cli: Cli) -> None:
     cli.start_worker("flows:diamond", "flows:flaky")
     marker = cli.cwd / "marker"
@@ -84,6 +91,7 @@ def test_submit_wait_with_a_worker_in_the_background(cli: Cli) -> None:
     assert_one_line_error(failed, 1, failed_id, "FAILED", f"marker file is present [{marker}]")
 
 
+@on_backend("sqlite")
 def test_submit_wait_gives_up_after_timeout(cli: Cli) -> None:
     waited = cli.run("submit", "flows:diamond", "--input", "x=1", "--wait", "--timeout", "0.5")
 
@@ -125,6 +133,7 @@ def test_input_values_are_json_when_they_parse(cli: Cli) -> None:
     assert type(inputs["n"]) is int
 
 
+@on_backend("postgres")
 def test_inputs_json_combined_with_input_options(cli: Cli) -> None:
     instance_id = cli.submit(
         "flows:diamond", "--inputs-json", '{"x": 1, "y": 2, "label": "from json"}', "--input", "y=5"
@@ -136,6 +145,7 @@ def test_inputs_json_combined_with_input_options(cli: Cli) -> None:
     assert cli.show(instance_id)["result"] == (1 + 5) * 2 + (1 + 5 + 1)
 
 
+@on_backend("sqlite")
 def test_changed_definition_under_the_same_id_and_version_is_refused(cli: Cli) -> None:
     cli.submit("flows:diamond", "--input", "x=1")
 
@@ -146,7 +156,7 @@ def test_changed_definition_under_the_same_id_and_version_is_refused(cli: Cli) -
     assert_one_line_error(worker, 1, "cli-diamond", "different definition")
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
+@on_backend("sqlite")
 def test_markup_characters_in_names_and_errors_are_shown_verbatim(cli: Cli) -> None:
     marker = cli.cwd / "marker"
     marker.touch()
@@ -162,7 +172,7 @@ def test_markup_characters_in_names_and_errors_are_shown_verbatim(cli: Cli) -> N
     assert f"marker file is present [{marker}]" in detail
 
 
-@pytest.mark.parametrize("backend", ["postgres"])
+@on_backend("postgres")
 def test_database_url_option_wins_over_the_environment(cli: Cli) -> None:
     instance_id = cli.submit("flows:diamond", "--input", "x=1")
     bogus = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
@@ -175,7 +185,7 @@ def test_database_url_option_wins_over_the_environment(cli: Cli) -> None:
     assert_one_line_error(from_env.run("instances", "list"), 1, "127.0.0.1:1")
 
 
-@pytest.mark.parametrize("backend", ["postgres"])  # the contract suite runs prefetch on every broker
+@on_backend("postgres")  # the contract suite runs prefetch on every broker
 def test_prefetching_workers_run_every_step_once(cli: Cli) -> None:
     """``--prefetch 3`` with two processes: steps claimed three at a time, reports sent in
     batches, and still every step of every instance runs once and the results are right."""
@@ -192,6 +202,7 @@ def test_prefetching_workers_run_every_step_once(cli: Cli) -> None:
         assert (shown["status"], shown["result"]) == ("SUCCEEDED", (n + 1) * 2 + (n + 1 + 1))
 
 
+@on_backend("sqlite")
 def test_prefetch_below_one_is_refused(cli: Cli) -> None:
     refused = cli.run("worker", "run", "flows:diamond", "--prefetch", "0")
     assert refused.returncode == 2, refused.stderr
