@@ -4,7 +4,8 @@ Scaled (``make test``): 4 workers for 15 s, one SIGKILLed halfway. Full
 (``make chaos``): 8 workers for 60 s, two SIGKILLed halfway. No extra daemon
 fires the schedule: the workers' claims do. Every tick between the first and
 the last one fired must have exactly one instance (its key ``tick@TIME``),
-none missing while workers ran, and every instance must succeed.
+none missing while workers ran, every instance must succeed, and ``verify()``
+finds no violation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.verify import verify
 from tests.chaos import flows
 from tests.chaos.conftest import ChaosDatabase
 from tests.chaos.history import db_now
@@ -113,6 +115,7 @@ def test_an_every_1_schedule_fires_once_per_tick_while_workers_are_killed(
     }
     report("schedules_every_1", numbers)
 
+    assert [str(v) for v in verify(db.engine)] == []
     assert doubled == {}, doubled
     assert missing == [], f"ticks without an instance: {[t.isoformat() for t in missing]}"
     assert all(t.microsecond == 0 for t in ticks), ticks
