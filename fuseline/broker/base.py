@@ -369,10 +369,12 @@ class Broker(ScheduleMethods, ABC):
 
     @abstractmethod
     def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
-        """Whether any instance (of these ``(workflow_id, version)`` pairs) is still RUNNING.
+        """Whether any instance (of these ``(workflow_id, version)`` pairs) is still RUNNING with
+        a step running or queued, not counting steps that wait for a signal or a child instance.
 
         A burst worker stops only when this is false: an empty queue alone
-        does not mean the work is done while other workers hold steps.
+        does not mean the work is done while other workers hold steps; an
+        instance waiting for a person's signal is not work a burst can finish.
         """
 
     @abstractmethod

@@ -164,8 +164,8 @@ class WorkflowPlan:
         for name, node in self.nodes.items():
             if node.actions:
                 continue  # a branch decides between successors: the general path
-            if any(self.scheduling.steps[t].sleep_seconds is not None for t in node.successors):
-                continue  # a Sleep starts its clock when queued: the general path
+            if any(self.scheduling.steps[t].parked for t in node.successors):
+                continue  # a Sleep's clock, a fan-out, a child, a signal start when queued: the general path
             if node.successors:
                 if all(self.nodes[t].slots == ((name,),) for t in node.successors):
                     consumers = tuple(t for t in node.successors if name in self.nodes[t].consumes)
@@ -225,6 +225,13 @@ class WorkflowPlan:
                 progress.cancelled.append(name)
                 work.extend(self.nodes[name].successors)
         return progress
+
+    def knows(self, step: str) -> bool:
+        """Whether ``step`` is one of its steps, or an item ``name[i]`` of one of its Maps."""
+        if step in self.nodes:
+            return True
+        base, _, index = step[:-1].rpartition("[") if step.endswith("]") else ("", "", "")
+        return index.isdigit() and base in self.nodes and self.scheduling.steps[base].map is not None
 
     def successors(self, step: str) -> tuple[str, ...]:
         return self.nodes[step].successors

@@ -285,10 +285,8 @@ class MemoryBroker(MemoryControl, MemoryShapes, MemoryReads, MemoryScheduling, B
         entry = step.enqueue(
             instance.instance_id, instance.priority, available_at + (delay or 0.0), held_for, token
         )
-        if delay is not None:
+        if delay is not None:  # a Sleep, a WaitFor's timeout (a century without one)
             self._ready.push_timer(entry)
-        elif scheduling.parked and step.name in instance.plan.nodes:
-            pass  # a WaitFor without a timeout: only its signal moves it
         else:
             self._ready.push((instance.workflow_id, instance.version), scheduling.queue, entry)
         self._work_queued.notify_all()

@@ -63,7 +63,8 @@ class Explainer:
         if scheduling.sleep_seconds is not None:
             return Reason.SLEEPING, f"until {self.moment.show(step.available_at)}"
         if scheduling.parked:
-            timeout = self.moment.show(step.available_at) if scheduling.delay is not None else None
+            waits = scheduling.wait_for
+            timeout = self.moment.show(step.available_at) if waits and waits.timeout is not None else None
             return parked_reason(scheduling, instance.open_items.get(step.name), step.child_id, timeout)
         if step.available_at > self.moment.monotonic:
             return self._held_back(step, scheduling.max_retries)

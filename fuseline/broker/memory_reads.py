@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import UnknownInstance
 from ..states import Status
 from .base import InstanceEvent, InstanceInfo, InstancePage, WorkerInfo
-from .memory_records import InstanceRecord, WorkerRecord
+from .memory_records import InstanceRecord, StepRecord, WorkerRecord
 
 
 class MemoryReads:
@@ -52,9 +52,22 @@ class MemoryReads:
         wanted = set(workflows) if workflows is not None else None
         with self._lock:
             return any(
-                i.status is Status.RUNNING and (wanted is None or (i.workflow_id, i.version) in wanted)
+                i.status is Status.RUNNING
+                and (wanted is None or (i.workflow_id, i.version) in wanted)
+                and any(self._moving(i, s) for s in i.steps.values())
                 for i in self._instances.values()
             )
+
+    @staticmethod
+    def _moving(instance: InstanceRecord, step: StepRecord) -> bool:
+        """Running or queued, other than waiting for a signal or for a child instance."""
+        if step.state is Status.RUNNING:
+            return True
+        if step.state is not Status.QUEUED:
+            return False
+        scheduling = instance.plan.scheduling.of(step.name)
+        own_row = step.name in instance.plan.nodes
+        return not (own_row and (scheduling.wait_for is not None or scheduling.child is not None))
 
     def list_workers(self) -> list[WorkerInfo]:
         with self._lock:

@@ -25,6 +25,8 @@ SIGNALS_QUEUE = "__fuseline_signals__"
 MAPS_QUEUE = "__fuseline_maps__"
 #: A SubWorkflow step waits here while its child runs; the child's end completes it.
 CHILDREN_QUEUE = "__fuseline_children__"
+#: The "timeout" of a WaitFor without one, in seconds (a century): only its signal moves it.
+NEVER = 100 * 365.25 * 86400.0
 #: Queues no worker serves: the broker itself moves the steps waiting in them.
 PARKED_QUEUES = frozenset({TIMERS_QUEUE, SIGNALS_QUEUE, MAPS_QUEUE, CHILDREN_QUEUE})
 
@@ -93,7 +95,7 @@ class StepScheduling:
         if self.sleep_seconds is not None:
             return self.sleep_seconds
         if self.wait_for is not None:
-            return self.wait_for.timeout
+            return self.wait_for.timeout if self.wait_for.timeout is not None else NEVER
         return None
 
 

@@ -1,4 +1,4 @@
-"""``fuseline instances``: list, show, explain, cancel and retry workflow instances."""
+"""``fuseline instances``: list, show, explain, cancel, retry and signal workflow instances."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .common import (
 from .explain import explain
 
 instances_app = typer.Typer(
-    help="List, show, explain, cancel and retry workflow instances.\n\n"
+    help="List, show, explain, cancel, retry and signal workflow instances.\n\n"
     "Example: fuseline instances list --status FAILED",
     no_args_is_help=True,
 )
@@ -47,6 +47,9 @@ def instance_json(info: InstanceInfo) -> dict[str, Any]:
         "error": info.error,
         "key": info.key,
         "priority": info.priority,
+        "parent_instance_id": info.parent_instance_id,
+        "parent_step": info.parent_step,
+        "children": info.children,
     }
 
 
@@ -62,6 +65,7 @@ def step_json(step: StepInfo) -> dict[str, Any]:
         "finished_at": iso(step.finished_at),
         "result": step.result,
         "error": step.error,
+        "child_instance_id": step.child_instance_id,
     }
 
 
@@ -181,6 +185,12 @@ def show(
         key = "-" if info.key is None else json.dumps(info.key, ensure_ascii=False)
         console.print(f"key: {key}  priority: {info.priority}", highlight=False, markup=False)
     console.print(f"inputs: {json.dumps(info.inputs, ensure_ascii=False)}", highlight=False, markup=False)
+    if info.parent_instance_id is not None:
+        parent = f"parent: {info.parent_instance_id} (step {info.parent_step})"
+        console.print(parent, highlight=False, markup=False)
+    for s in info.steps:
+        if s.child_instance_id is not None:
+            console.print(f"child: {s.child_instance_id} (step {s.name})", highlight=False, markup=False)
     if info.status is Status.SUCCEEDED:
         console.print(f"result: {json.dumps(info.result, ensure_ascii=False)}", highlight=False, markup=False)
     if info.error:
@@ -246,6 +256,36 @@ def retry(ctx: typer.Context, instance_id: InstanceId) -> None:
         f"instance {info.instance_id} {styled(info.status)} again; queued: {plain(', '.join(queued) or '-')}",
         highlight=False,
     )
+
+
+@instances_app.command()
+def signal(
+    ctx: typer.Context,
+    instance_id: InstanceId,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The signal's name, as in WaitFor(NAME).")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="The signal's data, as JSON: the WaitFor step's result. Example: --data '{\"by\": \"ana\"}'"
+        ),
+    ] = "null",
+) -> None:
+    """Send a signal to a RUNNING instance: its WaitFor(NAME) step succeeds with the data (now,
+    or when it is reached). Each signal is taken once per instance: a second one is refused.
+
+    Example: fuseline instances signal 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21 approved --data '{"by": "ana"}'
+    """
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--data") from None
+    broker = open_broker(ctx)
+    try:
+        with user_errors():
+            broker.signal(instance_uuid(instance_id), name, value)
+    finally:
+        broker.close()
+    console.print(f"signal {name!r} sent to instance {instance_id}", highlight=False, markup=False)
 
 
 def _change(ctx: typer.Context, change: Callable[[Broker], InstanceInfo]) -> InstanceInfo:

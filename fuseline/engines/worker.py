@@ -303,7 +303,7 @@ class Worker:
 
     def _knows(self, assignment: StepAssignment) -> bool:
         workflow = self.workflows.get((assignment.workflow_id, assignment.version))
-        return workflow is not None and assignment.step_name in workflow.steps_by_name
+        return workflow is not None and workflow.knows(assignment.step_name)
 
     # -- talking to the broker -----------------------------------------------------------
     def _claim(self, wanted: int, outgoing: list[StepReport]) -> list[StepAssignment]:

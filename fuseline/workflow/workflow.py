@@ -130,6 +130,14 @@ class Workflow:
         """Step name -> Step without copying, for engines on the hot path."""
         return self._steps
 
+    def knows(self, name: str) -> bool:
+        """Whether a broker's assignment of ``name`` (a step, or a Map item) is this workflow's."""
+        try:
+            self.step_for(name)
+        except KeyError:
+            return False
+        return True
+
     def step_for(self, name: str) -> Step:
         """The step a broker's assignment names: a step's name, or a Map item's ``name[i]``
         (its Map, which runs the mapped step with the item)."""

@@ -21,9 +21,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import BrokerError
-from ...workflow.schema import WorkflowSchema
+from ...workflow.schema import WorkflowSchema, check_name
 from .. import base as contract
+from .. import codec
 from ..dispatching import Dispatch
+from ..ids import instance_uuid
 from . import migrate as schema_migrations
 from .claimfloor import ClaimFloors, NoFloors
 from .claiming import Claimer, OneStatementClaims, TransactionClaims
@@ -31,14 +33,16 @@ from .database import Database, PostgresDatabase, SqliteDatabase
 from .dispatching import InstanceCreation, OneStatementDispatch
 from .engine import IDLE_IN_TRANSACTION_SECONDS, configure_sqlite, create_database_engine, parse_url
 from .explain import Explainer
+from .history import History
 from .instances import Instances
 from .leases import HeldLeases, Reaper
 from .pg_connections import DEFAULT_CONNECTIONS
 from .plans import PlanCache
-from .queries import claims, definitions, events, explain, instances, leases, reports, workers
+from .queries import claims, definitions, events, explain, instances, leases, reports, shapes, workers
 from .reporting import OneStatementReports, Reporter
 from .rules import InstanceRules
 from .schedules import SqlSchedules, SqlScheduling
+from .shapes import ShapeRules
 from .timers import Timers
 from .workers import WorkerRegistry
 
@@ -133,6 +137,10 @@ class SqlBroker(SqlScheduling, contract.Broker):
         held = HeldLeases()
         floors: ClaimFloors = ClaimFloors() if one_statement else NoFloors()
         rules = InstanceRules(q_reports, q_claims, self.db.announce_work)
+        self._shapes = ShapeRules(
+            shapes.for_dialect(dialect), q_reports, q_claims, self._plans, self.max_result_bytes
+        )
+        rules.shapes, self._shapes.rules, self._events = self._shapes, rules, q_events
         self._workers = WorkerRegistry(
             self.db, q_workers, q_leases, q_events, self._plans, held, self.lease_seconds
         )
@@ -159,7 +167,10 @@ class SqlBroker(SqlScheduling, contract.Broker):
         )  # fmt: skip
         q_instances = instances.for_dialect(dialect)
         self._instances = Instances(self.db, q_instances, q_reports, q_events, rules, self._plans)
-        self._creation = InstanceCreation(self.db, q_instances, q_events, self._plans, fast_dispatch)
+        self._creation = InstanceCreation(
+            self.db, q_instances, q_events, self._plans, fast_dispatch, self._shapes
+        )
+        self._shapes.creation = self._creation
         self._schedules = SqlSchedules.on(self.db, self._plans, self._creation)
         self._explainer = Explainer(
             self.db, explain.for_dialect(dialect), q_claims, q_instances, self._plans, dead_after
@@ -254,6 +265,15 @@ class SqlBroker(SqlScheduling, contract.Broker):
 
     def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
         return self._instances.any_running(workflows)
+
+    def signal(self, instance_id: str, name: str, data: Any = None) -> None:
+        check_name("signal name", name)
+        instance_id = instance_uuid(instance_id)
+        text = codec.encode_result(f"signal {name!r}", data, self.max_result_bytes)
+        history = History()
+        with self.db.transaction() as conn:
+            self._shapes.signal(conn, instance_id, name, text, history)
+            history.write(conn, self._events)
 
     def cancel_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.cancel(instance_id)

@@ -155,6 +155,7 @@ class TransactionClaims:
                 row.available_at,
                 row.urgency,
                 row.queue,
+                row.item,
             )
         )
 
@@ -217,9 +218,9 @@ class Claimer:
     def claim(self, worker_id: str, limit: int) -> list[StepAssignment]:
         """Up to ``limit`` steps for the worker, in queue order; WorkerExpired if it is dead."""
         serving = self.workers.keys_of(worker_id)
+        self.timers.complete_due(serving.workflows)
         if not serving:
             return []
-        self.timers.complete_due((k[0], k[1]) for k in serving.keys)
         if serving.gated:
             claim = lambda: self.gated.claim(worker_id, serving.keys, [], limit)  # noqa: E731
         else:

@@ -33,6 +33,7 @@ from .history import History
 from .plans import PlanCache
 from .queries.events import EventQueries
 from .queries.instances import InstanceQueries
+from .shapes import ShapeRules
 
 
 def limit_key_value(inputs: Mapping[str, Any], key: str | None) -> str | None:
@@ -53,7 +54,7 @@ def step_rows(
         step = scheduling.steps[name]
         limit = step.concurrency or step.rate
         root = name in roots
-        sleep = step.sleep_seconds or 0.0
+        sleep = step.delay or 0.0  # a Sleep's pause, a WaitFor's timeout
         delay = (dispatch.delay or 0.0) + sleep if root and at is None else None
         rows.append(
             {
@@ -86,6 +87,8 @@ class OneStatementDispatch:
 
     @staticmethod
     def applies(plan: WorkflowPlan, dispatches: Sequence[Dispatch]) -> bool:
+        if plan.scheduling.shaped:
+            return False  # a SubWorkflow root starts its child in the general path
         keyed = any(
             limit is not None and limit.key is not None
             for step in plan.scheduling.steps.values()
@@ -131,6 +134,8 @@ class InstanceCreation:
     events: EventQueries
     plans: PlanCache
     one_statement: OneStatementDispatch | None
+    #: Map, SubWorkflow and WaitFor steps (a SubWorkflow root starts its child at dispatch).
+    shapes: ShapeRules
 
     def dispatch(self, schema: WorkflowSchema, dispatches: Sequence[Dispatch]) -> list[str]:
         """Create one instance per dispatch, all in one transaction; their ids (an existing
@@ -155,12 +160,15 @@ class InstanceCreation:
         self.plans.remember(plans)
         return ids
 
-    def dispatch_within(self, conn: Connection, plan: WorkflowPlan, dispatch: Dispatch) -> str:
+    def dispatch_within(
+        self, conn: Connection, plan: WorkflowPlan, dispatch: Dispatch, parent: tuple[str, str] | None = None
+    ) -> str:
         """Create one instance in the caller's transaction (a schedule's tick: the instance and
-        the schedule's move commit together); its id, or for a key dispatched before with
+        the schedule's move commit together; a SubWorkflow's child, whose ``parent`` is the
+        instance and step that start it); its id, or for a key dispatched before with
         equal inputs the existing instance's (KeyConflict for other inputs)."""
         encoded = codec.encode_inputs(dispatch.inputs)
-        return self._insert(conn, plan, [new_id()], [encoded], [dispatch])[0]
+        return self._insert(conn, plan, [new_id()], [encoded], [dispatch], parent)[0]
 
     def _insert(
         self,
@@ -169,6 +177,7 @@ class InstanceCreation:
         ids: list[str],
         encoded: list[str],
         dispatches: Sequence[Dispatch],
+        parent: tuple[str, str] | None = None,
     ) -> list[str]:
         history = History()
         created: list[str] = []
@@ -192,9 +201,18 @@ class InstanceCreation:
             history.add(instance_id, EventKind.DISPATCHED)
             rows = step_rows(plan, instance_id, inputs, dispatch)
             conn.execute(self.queries.steps_insert, rows)
+            if parent is not None:
+                conn.execute(
+                    self.shapes.queries.instance_set_parent,
+                    {"p_instance_id": instance_id, "p_parent_id": parent[0], "p_parent_step": parent[1]},
+                )
             for step in rows:
                 if step["p_queued"]:
                     history.add(instance_id, EventKind.QUEUED, step["name"])
+            if plan.scheduling.shaped:  # a SubWorkflow root starts its child now
+                self.shapes.start(
+                    conn, instance_id, plan, [r["name"] for r in rows if r["p_queued"]], history
+                )
         if history.rows:
             history.write(conn, self.events)
             self.db.announce_work(conn)

@@ -21,6 +21,7 @@ from ...states import UNFINISHED_STATES, Status
 from ..base import Reason, StepExplanation
 from ..dag import WorkflowPlan
 from ..ids import instance_uuid
+from ..shapes import parked_reason
 from .database import Database
 from .plans import PlanCache
 from .queries.claims import ClaimQueries
@@ -93,6 +94,11 @@ class _StepReasons:
         available = aware(row.available_at)
         if scheduling.sleep_seconds is not None:
             return Reason.SLEEPING, f"until {_iso(available)}"
+        if scheduling.parked:
+            waits = scheduling.wait_for
+            timeout = _iso(available) if waits is not None and waits.timeout is not None else None
+            child = str(row.child_instance_id) if row.child_instance_id else None
+            return parked_reason(scheduling, row.open_items, child, timeout)
         if available is not None and available > self.now:
             if row.retries:
                 error = row.error.splitlines()[0] if row.error else "(none)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,14 @@ class Instances:
             for r in cancelled:
                 history.add(instance_id, EventKind.CANCELLED, r.name, r.attempt)
             history.add(instance_id, EventKind.INSTANCE_CANCELLED)
+            children: list[str] = []
+            if self.rules.shapes is not None:
+                self.rules.shapes.instance_ended(conn, instance_id, Status.CANCELLED, history)
+                children = self.rules.shapes.children(conn, instance_id)
             history.write(conn, self.events)
+        for child_id in children:  # each under its own lock, never while holding this one
+            with suppress(InvalidTransition):  # it finished meanwhile
+                self.cancel(child_id)
         return self.get(instance_id)
 
     def retry(self, instance_id: str) -> InstanceInfo:
@@ -130,7 +138,13 @@ class Instances:
                 "only FAILED or CANCELLED instances can be retried",
             )
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
-            names = list(conn.execute(self.queries.steps_broken, {"p_instance_id": instance_id}).scalars())
+            broken = list(conn.execute(self.queries.steps_broken, {"p_instance_id": instance_id}).scalars())
+            names = [n for n in broken if n in plan.nodes]  # a Map's items go: it fans out afresh
+            maps = [n for n in names if plan.scheduling.steps[n].map is not None]
+            if maps and self.rules.shapes is not None:
+                conn.execute(
+                    self.rules.shapes.queries.items_delete, {"p_instance_id": instance_id, "p_names": maps}
+                )
             if names:
                 conn.execute(
                     self.queries.step_reset_for_retry,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Row
 
-from ...states import EventKind
+from ...states import EventKind, Status
 from ...workflow.scheduling import RATE_WINDOW_MAX
 from ..base import StepAssignment
 from ..reports import WORKER_LOST
@@ -156,5 +156,5 @@ class Reaper:
             history.add(row.instance_id, EventKind.LEASE_EXPIRED, row.name, row.attempt, row.worker_id)
             history.add(row.instance_id, EventKind.FAILED, row.name, row.attempt, row.worker_id, WORKER_LOST)
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
-            self.rules.advance(conn, row.instance_id, plan, plan.successors(row.name), history)
+            self.rules.step_ended(conn, row.instance_id, plan, row.name, Status.FAILED, WORKER_LOST, history)
             history.write(conn, self.events)

@@ -97,6 +97,13 @@ class InstanceRow(Base):
             postgresql_where=text("status = 'RUNNING' AND started_at IS NOT NULL"),
             sqlite_where=text("status = 'RUNNING' AND started_at IS NOT NULL"),
         ),
+        # Cancelling a parent finds its children; only children enter it.
+        Index(
+            "ix_fuseline_instances_parent_instance_id",
+            "parent_instance_id",
+            postgresql_where=text("parent_instance_id IS NOT NULL"),
+            sqlite_where=text("parent_instance_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
@@ -117,6 +124,9 @@ class InstanceRow(Base):
     #: Its workflow's ConcurrencyLimit(max), and the value of that limit's key input (JSON).
     concurrency_max: Mapped[int | None] = mapped_column(Integer)
     limit_key: Mapped[str | None] = mapped_column(Text)
+    #: A child instance (migration 0007): the instance and SubWorkflow step that started it.
+    parent_instance_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+    parent_step: Mapped[str | None] = mapped_column(Name)
 
 
 class StepRow(Base):
@@ -213,6 +223,28 @@ class StepRow(Base):
     rate_per: Mapped[float | None] = mapped_column(Float)
     #: The value of its limit's key input (JSON text), or None.
     limit_key: Mapped[str | None] = mapped_column(Text)
+    #: A Map item (migration 0007): its value (JSON), its Map step and its place in the list.
+    item: Mapped[str | None] = mapped_column(Text)
+    item_of: Mapped[str | None] = mapped_column(Name)
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    #: A Map step: its items not final yet (the last one completes the map).
+    open_items: Mapped[int | None] = mapped_column(Integer)
+    #: A SubWorkflow step: the child instance it started.
+    child_instance_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
+
+
+class SignalRow(Base):
+    """A signal an instance received (migration 0007): one per name, kept until a WaitFor
+    step takes it, deleted with the instance."""
+
+    __tablename__ = "fuseline_signals"
+
+    instance_id: Mapped[str] = mapped_column(
+        Uuid(as_uuid=False), ForeignKey("fuseline_instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(Name, primary_key=True)
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("CURRENT_TIMESTAMP"))
 
 
 class StartRow(Base):
@@ -315,3 +347,4 @@ workers = WorkerRow.__table__
 events = EventRow.__table__
 starts = StartRow.__table__
 schedules = ScheduleRow.__table__
+signals = SignalRow.__table__

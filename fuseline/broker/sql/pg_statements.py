@@ -145,7 +145,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
          WHERE {picked}
            AND state = 'QUEUED'{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
-                  started_at, lease_expires_at, available_at, urgency, queue
+                  started_at, lease_expires_at, available_at, urgency, queue, item
     ),
     logged AS (
         INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
@@ -159,7 +159,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
               FROM fuseline_steps p
              WHERE p.instance_id = c.instance_id
                AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results,
-           c.available_at, c.urgency, c.queue
+           c.available_at, c.urgency, c.queue, c.item
       FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
      ORDER BY c.urgency, c.available_at, c.id
 """)  # noqa: S608
@@ -200,12 +200,15 @@ _SUCCEED_IF_HELD = """
                finished_at = clock_timestamp()
          WHERE instance_id = (SELECT id FROM fuseline_instances
                                WHERE id = CAST(%(p_instance_id)s AS uuid)
-                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
+                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s{only}
                                  FOR NO KEY UPDATE)
            AND name = %(p_name)s AND state = 'RUNNING'
            AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
         RETURNING instance_id, attempt
     )"""
+
+#: A child instance's end also ends its parent's SubWorkflow step: the general path finalizes it.
+_NOT_A_CHILD = "\n                                 AND parent_instance_id IS NULL"
 
 #: The history line of the success ``done`` accepted.
 _LOG_SUCCESS = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
@@ -216,7 +219,7 @@ _LOG_SUCCESS = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name
 #: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
 #: idle workers (this worker takes one successor itself).
 step_succeed_and_queue = _compact(f"""
-    WITH {_SUCCEED_IF_HELD},
+    WITH {_SUCCEED_IF_HELD.format(only="")},
     queued AS (
         UPDATE fuseline_steps s
            SET state = 'QUEUED', available_at = clock_timestamp(),
@@ -240,7 +243,7 @@ step_succeed_and_queue = _compact(f"""
 
 #: Accept the success of the step that ends the instance, and end it with its result.
 step_succeed_and_finish = _compact(f"""
-    WITH {_SUCCEED_IF_HELD},
+    WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD)},
     finished AS (
         UPDATE fuseline_instances i
            SET status = 'SUCCEEDED', result = %(p_result)s,
@@ -270,7 +273,7 @@ steps_succeed_batch = _compact(f"""
                AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes)
     ),
     locked AS MATERIALIZED (
-        SELECT i.id FROM fuseline_instances i
+        SELECT i.id, i.parent_instance_id FROM fuseline_instances i
          WHERE i.id IN (SELECT instance_id FROM r)
            AND (i.id, i.workflow_id, i.version) IN (SELECT instance_id, workflow_id, version FROM r)
          ORDER BY i.id
@@ -283,7 +286,8 @@ steps_succeed_batch = _compact(f"""
                finished_at = clock_timestamp()
           FROM r
          WHERE s.instance_id = r.instance_id AND s.name = r.name
-           AND r.instance_id IN (SELECT id FROM locked)
+           AND r.instance_id IN (SELECT id FROM locked
+                                  WHERE NOT r.finishes OR parent_instance_id IS NULL)
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
         RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes

@@ -12,7 +12,7 @@ explains the refusal.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -35,6 +35,7 @@ from ..base import StepAssignment, StepReport
 from ..dag import FastReport, WorkflowPlan
 from ..ids import instance_uuid, worker_uuid
 from ..reports import NO_ERROR_TEXT, reported_state, why_not_held
+from ..shapes import map_problem
 from . import pg_statements
 from .claiming import Claimer, OneStatementClaims
 from .database import Database, PostgresDatabase
@@ -237,7 +238,7 @@ class Reporter:
     def report_and_claim(self, worker_id: str, report: StepReport) -> StepAssignment | None:
         """On PostgreSQL, a one-statement success and the next claim go back to back."""
         serving = self.workers.keys_of(worker_id)
-        self.claimer.timers.complete_due((k[0], k[1]) for k in serving.keys)
+        self.claimer.timers.complete_due(serving.workflows)
         prepared = self.prepare(worker_id, report)
         if prepared.fast is None or len(serving.keys) != 1 or serving.gated or self.claimer.reaper.due():
             self.report(worker_id, report)
@@ -285,8 +286,11 @@ class Reporter:
             if report.workflow_id != locked.workflow_id:
                 raise UnknownWorkflow(report.workflow_id)
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
-            if report.step_name not in plan.nodes:
+            if not plan.knows(report.step_name):
                 raise UnknownStep(report.instance_id, report.step_name)
+            if state is Status.SUCCEEDED and (problem := map_problem(plan, report.step_name, report.result)):
+                prepared = replace(prepared, state=Status.FAILED, result=None, error=problem, retryable=False)
+                state = Status.FAILED
             action = (
                 plan.chosen_action(report.step_name, report.result) if state is Status.SUCCEEDED else None
             )
@@ -320,8 +324,10 @@ class Reporter:
                 worker_id,
                 prepared.error,
             )
-            successors = plan.successors(report.step_name)
-            self.rules.advance(conn, report.instance_id, plan, successors, history, reporter_claims_next=True)
+            self.rules.step_ended(
+                conn, report.instance_id, plan, report.step_name, state, prepared.error, history,
+                reporter_claims_next=True,
+            )  # fmt: skip
             history.write(conn, self.events)
 
     def _retried(
@@ -330,7 +336,7 @@ class Reporter:
         """Schedule the retry a RetryPolicy allows for this failure; False when none is left (or
         the worker does not hold the step: the fenced write below then explains why)."""
         report = prepared.report
-        retry = plan.scheduling.steps[report.step_name].retry
+        retry = plan.scheduling.of(report.step_name).retry
         if retry is None:
             return False
         where = {"p_instance_id": report.instance_id, "p_name": report.step_name}

@@ -44,6 +44,8 @@ class ClaimRow(NamedTuple):
     #: Minus its instance's priority, and the queue it was claimed from.
     urgency: int = 0
     queue: str = "default"
+    #: A Map item's value (JSON text); None for other steps.
+    item: str | None = None
 
     @classmethod
     def of(cls, row: Sequence[Any]) -> ClaimRow:
@@ -65,6 +67,7 @@ class ClaimRow(NamedTuple):
             payload={
                 "workflow_inputs": codec.decode(self.inputs),
                 "results": codec.decode(self.results) if self.results else {},
+                **({"item": codec.decode(self.item)} if self.item is not None else {}),
             },
             assigned_at=self.started_at,
             expires_at=self.lease_expires_at,
@@ -92,6 +95,7 @@ def step_info(row: Row[Any]) -> StepInfo:
         finished_at=aware(row.finished_at),
         max_attempts=row.max_attempts,
         retries=row.retries,
+        child_instance_id=str(row.child_instance_id) if row.child_instance_id else None,
     )
 
 
@@ -109,6 +113,8 @@ def instance_info(row: Row[Any], step_rows: Sequence[Row[Any]]) -> InstanceInfo:
         steps=[step_info(s) for s in step_rows],
         key=row.key,
         priority=row.priority,
+        parent_instance_id=str(row.parent_instance_id) if row.parent_instance_id else None,
+        parent_step=row.parent_step,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
@@ -20,6 +21,9 @@ from .queries.claims import ClaimQueries
 from .queries.reports import ReportQueries
 from .rows import aware
 
+if TYPE_CHECKING:
+    from .shapes import ShapeRules
+
 
 @dataclass
 class InstanceRules:
@@ -29,6 +33,29 @@ class InstanceRules:
     claims: ClaimQueries
     #: Wakes idle workers when the transaction commits (the database's NOTIFY, if it has one).
     announce_work: Callable[[Connection], None]
+    #: Map, SubWorkflow and WaitFor steps (wired after construction).
+    shapes: ShapeRules | None = None
+
+    def step_ended(
+        self,
+        conn: Connection,
+        instance_id: str,
+        plan: WorkflowPlan,
+        name: str,
+        state: Status,
+        error: str | None,
+        history: History,
+        *,
+        reporter_claims_next: bool = False,
+    ) -> None:
+        """A step reached a final state: a Map item tells its map, any other step its successors."""
+        if name not in plan.nodes:
+            assert self.shapes is not None
+            self.shapes.item_ended(conn, instance_id, plan, name, state, error, history)
+            return
+        self.advance(
+            conn, instance_id, plan, plan.successors(name), history, reporter_claims_next=reporter_claims_next
+        )
 
     def advance(
         self,
@@ -71,7 +98,8 @@ class InstanceRules:
                         "p_instance_id": instance_id,
                         "p_name": name,
                         "p_inputs_from": json.dumps(inputs_from) if inputs_from else None,
-                        "p_delay": plan.scheduling.steps[name].sleep_seconds,  # a Sleep's clock starts now
+                        # A Sleep's clock (a WaitFor's timeout) starts now.
+                        "p_delay": plan.scheduling.steps[name].delay,
                     }
                     for name, inputs_from in progress.queued.items()
                 ],
@@ -80,6 +108,8 @@ class InstanceRules:
                 history.add(instance_id, EventKind.QUEUED, name)
             if len(progress.queued) > 1 or not reporter_claims_next:
                 self.announce_work(conn)
+            if self.shapes is not None and plan.scheduling.shaped:
+                self.shapes.start(conn, instance_id, plan, progress.queued, history)
         for names, state in ((progress.skipped, Status.SKIPPED), (progress.cancelled, Status.CANCELLED)):
             if names:
                 conn.execute(
@@ -112,3 +142,5 @@ class InstanceRules:
         )
         if finished.rowcount == 1:
             history.add(instance_id, EventKind.of_instance(outcome), detail=error)
+            if self.shapes is not None:
+                self.shapes.instance_ended(conn, instance_id, outcome, history)

@@ -1,4 +1,5 @@
-"""Completing Sleep steps: the broker does it itself once their time has come.
+"""Completing Sleep steps, and failing WaitFor steps past their timeout: the broker does it
+itself once their time has come.
 
 A Sleep waits QUEUED in a queue no worker serves, available at the end of
 its pause. Brokers that claim for a workflow complete its due sleeps first
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Row
 
-from ...states import EventKind
+from ...states import EventKind, Status
+from ..shapes import signal_timeout
 from .database import Database
 from .history import History
 from .plans import PlanCache
@@ -59,13 +61,21 @@ class Timers:
         history = History()
         with self.db.transaction() as conn:
             locked = conn.execute(self.reports.instance_lock, {"p_instance_id": row.instance_id}).first()
-            finished = (
-                locked is not None and conn.execute(self.reports.step_finish_timer, {"p_id": row.id}).first()
-            )
-            if not finished:
+            if locked is None:
+                return False
+            plan = self.plans.get(conn, (locked.workflow_id, locked.version))
+            waits = plan.scheduling.steps[row.name].wait_for
+            if waits is not None:  # the timeout of a WaitFor: it fails
+                assert self.rules.shapes is not None
+                error = signal_timeout(waits)
+                ended = self.rules.shapes.finish(
+                    conn, row.instance_id, plan, row.name, Status.FAILED, None, error, history
+                )
+                history.write(conn, self.events)
+                return ended
+            if not conn.execute(self.reports.step_finish_timer, {"p_id": row.id}).first():
                 return False  # cancelled, or another broker completed it first
             history.add(row.instance_id, EventKind.SUCCEEDED, row.name)
-            plan = self.plans.get(conn, (locked.workflow_id, locked.version))
-            self.rules.advance(conn, row.instance_id, plan, plan.successors(row.name), history)
+            self.rules.step_ended(conn, row.instance_id, plan, row.name, Status.SUCCEEDED, None, history)
             history.write(conn, self.events)
         return True

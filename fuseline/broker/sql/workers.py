@@ -42,6 +42,9 @@ class Serving:
 
     keys: tuple[Key, ...]
     gated: bool
+    #: (workflow_id, version) of all its workflows, claimable steps or not: the timers of a
+    #: workflow whose steps the broker completes (Sleep, WaitFor) run for them too.
+    workflows: tuple[tuple[str, str], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -55,7 +58,7 @@ def serving(plans: Sequence[WorkflowPlan], queues: Sequence[str] | None) -> Serv
         chosen = used if queues is None else used & set(queues)
         keys += [(plan.workflow_id, plan.version, queue) for queue in sorted(chosen)]
     gated = any(plan.scheduling.gated for plan in plans)
-    return Serving(tuple(keys), gated)
+    return Serving(tuple(keys), gated, tuple((plan.workflow_id, plan.version) for plan in plans))
 
 
 @dataclass

@@ -65,6 +65,7 @@ class ClaimQueries:
                 steps.c.available_at,
                 steps.c.urgency,
                 steps.c.queue,
+                steps.c.item,
             )
         )
         self.instance_inputs: Select = select(instances.c.inputs).where(

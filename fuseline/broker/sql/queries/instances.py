@@ -7,6 +7,7 @@ from functools import cache
 from sqlalchemy import DateTime, Insert, Select, Update, bindparam, case, func, insert, select, tuple_, update
 
 from ....states import UNFINISHED_STATES, Status
+from ...scheduling import CHILDREN_QUEUE, SIGNALS_QUEUE
 from ..dialects import Dialect, dialect_of
 from ..models import instances, steps
 
@@ -14,7 +15,7 @@ RUNNING = Status.RUNNING.value
 #: What a step's retry clears: its outcome, the lease of its last attempt, its timestamps.
 _CLEARED_BY_RETRY = (
     *("result", "error", "action", "inputs_from", "worker_id", "reported_by"),
-    *("lease_expires_at", "started_at", "finished_at"),
+    *("lease_expires_at", "started_at", "finished_at", "open_items", "child_instance_id"),
 )
 
 
@@ -51,14 +52,26 @@ class InstanceQueries:
         self.instance_exists: Select = select(instances.c.id).where(
             instances.c.id == bindparam("p_instance_id")
         )
+        #: Work in progress: a RUNNING instance with a step running or queued, other than one
+        #: waiting for a signal or for a child instance (only something outside moves those).
+        moving = (
+            select(steps.c.id)
+            .where(
+                steps.c.instance_id == instances.c.id,
+                steps.c.state.in_((Status.QUEUED.value, RUNNING)),
+                steps.c.queue.not_in((SIGNALS_QUEUE, CHILDREN_QUEUE)),
+            )
+            .exists()
+        )
         self.instance_any_running: Select = (
-            select(instances.c.id).where(instances.c.status == RUNNING).limit(1)
+            select(instances.c.id).where(instances.c.status == RUNNING, moving).limit(1)
         )
         self.instance_any_running_of: Select = (
             select(instances.c.id)
             .where(
                 instances.c.status == RUNNING,
                 tuple_(instances.c.workflow_id, instances.c.version).in_(bindparam("p_keys", expanding=True)),
+                moving,
             )
             .limit(1)
         )

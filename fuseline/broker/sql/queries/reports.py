@@ -12,7 +12,7 @@ from functools import cache
 from sqlalchemy import ColumnElement, Select, Update, bindparam, func, select, update
 
 from ....states import Status
-from ...scheduling import TIMERS_QUEUE
+from ...scheduling import SIGNALS_QUEUE, TIMERS_QUEUE
 from ..dialects import Dialect, dialect_of
 from ..models import instances, steps
 
@@ -104,7 +104,7 @@ class ReportQueries:
                 steps.c.state == Status.QUEUED.value,
                 steps.c.workflow_id == bindparam("p_workflow_id"),
                 steps.c.version == bindparam("p_version"),
-                steps.c.queue == TIMERS_QUEUE,
+                steps.c.queue.in_((TIMERS_QUEUE, SIGNALS_QUEUE)),
                 steps.c.available_at <= now,
             )
             .order_by(steps.c.available_at, steps.c.id)
