@@ -23,6 +23,7 @@ from .base import (
 )
 from .dispatching import Dispatch
 from .memory import MemoryBroker
+from .schedules import ScheduleInfo, ScheduleSpec
 
 if TYPE_CHECKING:
     from .sql import SqlBroker
@@ -35,6 +36,8 @@ __all__ = [
     "Lease",
     "MemoryBroker",
     "Reason",
+    "ScheduleInfo",
+    "ScheduleSpec",
     "SqlBroker",
     "Status",
     "StepAssignment",
