@@ -16,7 +16,11 @@ violation of the guarantees fuseline makes:
 - ``waiting_step_holds_lease``: a PENDING or QUEUED step (a retry waiting its delay, say)
   that still names a holder or a lease;
 - ``limit_exceeded``: more steps under a ConcurrencyLimit holding a live lease than it allows;
-- ``retry_lost``: a step FAILED by its worker while its RetryPolicy still had retries left.
+- ``retry_lost``: a step FAILED by its worker while its RetryPolicy still had retries left;
+- ``item_without_map``: a Map item whose Map step is not in its instance;
+- ``child_without_parent_step``: a child instance whose parent has no SubWorkflow step that
+  started a child under that name;
+- ``map_items_mismatch``: a Map that succeeded with a result of another length than its items.
 
 The chaos tests call it at the end of every run, and so can operators:
 ``fuseline db verify``.
@@ -24,6 +28,7 @@ The chaos tests call it at the end of every run, and so can operators:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -59,6 +64,7 @@ def verify(engine: Engine, *, stale_after_seconds: float = 60.0) -> list[Violati
             *_check_attempts(conn, q),
             *_check_instances(conn, q),
             *_check_flow_control(conn, q),
+            *_check_shapes(conn, q),
         ]
 
 
@@ -176,12 +182,34 @@ def _unmet_dependencies(
     views = {r.name: StepView(Status(r.state), r.action, aware(r.finished_at)) for r in rows}
     found = []
     for name, view in views.items():
-        if view.state not in (Status.QUEUED, Status.RUNNING):
-            continue
+        if view.state not in (Status.QUEUED, Status.RUNNING) or name not in plan.nodes:
+            continue  # a Map item is queued by its map's fan-out, not by the rules
         probe = {n: StepView(v.state, v.action, v.finished) for n, v in views.items()}
         probe[name] = StepView(Status.PENDING)
         if name not in plan.settle(probe, [name]).queued:
             found.append(
                 Violation("unmet_dependencies", instance_id, name, f"{view.state} before its dependencies")
+            )
+    return found
+
+
+def _check_shapes(conn: Connection, q: VerifyQueries) -> list[Violation]:
+    found = [
+        Violation("item_without_map", str(i), name, f"its Map step {owner!r} is missing")
+        for i, name, owner in conn.execute(q.items_orphaned).all()
+    ]
+    found += [
+        Violation(
+            "child_without_parent_step", str(i), None, f"parent {parent} has no SubWorkflow step {step!r}"
+        )
+        for i, parent, step in conn.execute(q.children_orphaned).all()
+    ]
+    counts = {(str(i), owner): n for i, owner, n in conn.execute(q.items_per_map).all()}
+    for instance_id, name, result in conn.execute(q.maps_succeeded).all():
+        length = len(json.loads(result)) if result else 0
+        items = counts.get((str(instance_id), name), 0)
+        if length != items:
+            found.append(
+                Violation("map_items_mismatch", str(instance_id), name, f"{length} results for {items} items")
             )
     return found

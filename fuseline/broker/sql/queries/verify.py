@@ -92,6 +92,42 @@ class VerifyQueries:
             steps.c.retries,
             steps.c.error,
         ).where(steps.c.state == Status.FAILED.value)
+        maps = steps.alias("maps")
+        #: Map items whose Map step is not in their instance.
+        self.items_orphaned: Select = (
+            select(steps.c.instance_id, steps.c.name, steps.c.item_of)
+            .select_from(
+                steps.outerjoin(
+                    maps, (maps.c.instance_id == steps.c.instance_id) & (maps.c.name == steps.c.item_of)
+                )
+            )
+            .where(steps.c.item_of.is_not(None), maps.c.id.is_(None))
+        )
+        parents = steps.alias("parents")
+        #: Child instances whose parent has no SubWorkflow step of that name that started a child.
+        self.children_orphaned: Select = (
+            select(instances.c.id, instances.c.parent_instance_id, instances.c.parent_step)
+            .select_from(
+                instances.outerjoin(
+                    parents,
+                    (parents.c.instance_id == instances.c.parent_instance_id)
+                    & (parents.c.name == instances.c.parent_step),
+                )
+            )
+            .where(
+                instances.c.parent_instance_id.is_not(None),
+                or_(parents.c.id.is_(None), parents.c.child_instance_id.is_(None)),
+            )
+        )
+        #: Map steps that succeeded, with their result, to compare with their items.
+        self.maps_succeeded: Select = select(steps.c.instance_id, steps.c.name, steps.c.result).where(
+            steps.c.open_items.is_not(None), steps.c.state == Status.SUCCEEDED.value
+        )
+        self.items_per_map: Select = (
+            select(steps.c.instance_id, steps.c.item_of, func.count())
+            .where(steps.c.item_of.is_not(None))
+            .group_by(steps.c.instance_id, steps.c.item_of)
+        )
         self.steps_views: Select = select(
             steps.c.name, steps.c.state, steps.c.action, steps.c.finished_at
         ).where(steps.c.instance_id == bindparam("p_instance_id"))
