@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from fuseline import Depends, FunctionStep, Map, SubWorkflow, WaitFor, Workflow
 from fuseline.broker import Broker
 from fuseline.engines.assignment import run_assignment
-from fuseline.policies import RetryPolicy
+from fuseline.policies import ConcurrencyLimit, RetryPolicy
 
 from .workflows import CALLS
 
@@ -60,6 +60,16 @@ def _flaky(item: int) -> int:
         raise RuntimeError(f"first try of {item}")
     return item
 
+
+def _one_at_a_time(item: int) -> int:
+    return item
+
+
+#: Items under the mapped step's ConcurrencyLimit(1): one runs at a time, whatever the workers.
+LIMITED_ITEMS = Workflow(
+    outputs=[Map(FunctionStep(_one_at_a_time, policies=[ConcurrencyLimit(1)]), over=rows, name="limited")],
+    workflow_id="contract-map-limited",
+)
 
 RETRIED_ITEMS = Workflow(
     outputs=[

@@ -15,7 +15,7 @@ from fuseline.broker.base import Reason
 from fuseline.errors import InvalidTransition, SignalConflict, UnknownInstance
 
 from . import shapes
-from .support import UNKNOWN_IDS, claim, register, states
+from .support import UNKNOWN_IDS, claim, register, states, succeed
 from .workflows import CALLS
 
 
@@ -121,6 +121,22 @@ def test_items_keep_the_retry_policy_of_the_mapped_step(broker):
     info = broker.get_instance(instance_id)
     assert (info.status, info.result) == (Status.SUCCEEDED, [0, 1, 2])
     assert [info.step(f"flaky[{i}]").retries for i in range(3)] == [1, 1, 1]
+
+
+def test_items_count_under_the_concurrency_limit_of_the_mapped_step(broker):
+    first, second = register(broker, shapes.LIMITED_ITEMS), register(broker, shapes.LIMITED_ITEMS)
+    instance_id = shapes.LIMITED_ITEMS.dispatch(broker, {"n": 3})
+    shapes.run_all(broker, first, [shapes.LIMITED_ITEMS], limit=1)  # rows: fans out
+
+    held = claim(broker, first)
+    assert broker.get_step(second) is None  # the limit's one slot is taken by an item
+    explained = {e.step: e.reason for e in broker.explain_instance(instance_id)}
+    assert explained["limited"] == Reason.WAITING_FOR_ITEMS
+    succeed(broker, first, held, held.payload["item"])
+    shapes.run_all(broker, second, [shapes.LIMITED_ITEMS])
+
+    info = broker.get_instance(instance_id)
+    assert (info.status, info.result) == (Status.SUCCEEDED, [0, 1, 2])
 
 
 def test_retrying_an_instance_whose_map_failed_fans_out_afresh(broker):

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from ...states import EventKind
 from ..base import StepAssignment
+from ..scheduling import item_base
 from . import pg_statements
 from .claimfloor import ClaimFloors
 from .database import Database, PostgresDatabase
@@ -129,7 +130,11 @@ class TransactionClaims:
         if candidate.rate_n is not None:
             conn.execute(
                 self.claims.start_insert,
-                {"workflow_id": row.workflow_id, "step_name": row.name, "limit_key": candidate.limit_key},
+                {
+                    "workflow_id": row.workflow_id,
+                    "step_name": item_base(row.name),
+                    "limit_key": candidate.limit_key,
+                },
             )
         if candidate.instance_started is None:
             conn.execute(self.claims.instance_mark_started, {"p_instance_id": row.instance_id})
@@ -175,14 +180,15 @@ class Gate:
     claims: ClaimQueries
 
     def admits(self, c: Any) -> bool:
-        name = {"p_workflow_id": c.workflow_id, "p_name": c.name, "p_limit_key": c.limit_key}
+        step = item_base(c.name)  # a Map's items count under their step's limits
+        name = {"p_workflow_id": c.workflow_id, "p_name": step, "p_limit_key": c.limit_key}
         if c.concurrency_max is not None:
-            if not self._lock(f"c|{c.workflow_id}|{c.name}|{c.limit_key}"):
+            if not self._lock(f"c|{c.workflow_id}|{step}|{c.limit_key}"):
                 return False
             if self.conn.execute(self.claims.steps_running_of_limit, name).scalar_one() >= c.concurrency_max:
                 return False
         if c.rate_n is not None:
-            if not self._lock(f"r|{c.workflow_id}|{c.name}|{c.limit_key}"):
+            if not self._lock(f"r|{c.workflow_id}|{step}|{c.limit_key}"):
                 return False
             count, _ = self.conn.execute(self.claims.starts_in_window, {**name, "p_per": c.rate_per}).one()
             if count >= c.rate_n:

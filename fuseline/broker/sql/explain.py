@@ -21,6 +21,7 @@ from ...states import UNFINISHED_STATES, Status
 from ..base import Reason, StepExplanation
 from ..dag import WorkflowPlan
 from ..ids import instance_uuid
+from ..scheduling import item_base
 from ..shapes import parked_reason
 from .database import Database
 from .plans import PlanCache
@@ -111,7 +112,11 @@ class _StepReasons:
         return self._served(scheduling.queue)
 
     def _limit(self, row: Row[Any]) -> tuple[str, str] | None:
-        limit = {"p_workflow_id": row.workflow_id, "p_name": row.name, "p_limit_key": row.limit_key}
+        limit = {
+            "p_workflow_id": row.workflow_id,
+            "p_name": item_base(row.name),
+            "p_limit_key": row.limit_key,
+        }
         if row.concurrency_max is not None:
             running = self.conn.execute(self.claims.steps_running_of_limit, limit).scalar_one()
             if running >= row.concurrency_max:

@@ -83,12 +83,13 @@ class ClaimQueries:
             steps.c.name.in_(bindparam("p_names", expanding=True)),
         )
         same_limit_key = steps.c.limit_key.is_not_distinct_from(bindparam("p_limit_key"))
+        limited_name = func.coalesce(steps.c.item_of, steps.c.name)  # a Map's items count as their step
         #: How many of a step (per key value) hold a live lease now: a step ConcurrencyLimit.
         self.steps_running_of_limit: Select = select(func.count()).where(
             steps.c.state == RUNNING,
             steps.c.concurrency_max.is_not(None),  # the steps under a limit (and its index)
             steps.c.workflow_id == bindparam("p_workflow_id"),
-            steps.c.name == bindparam("p_name"),
+            limited_name == bindparam("p_name"),
             same_limit_key,
             steps.c.lease_expires_at > now,
         )

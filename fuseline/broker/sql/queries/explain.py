@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import DateTime, Select, bindparam, select, type_coerce
+from sqlalchemy import DateTime, Select, bindparam, func, select, type_coerce
 
 from ....states import Status
 from ..dialects import Dialect, dialect_of
@@ -23,7 +23,7 @@ class ExplainQueries:
             .where(
                 steps.c.state == Status.RUNNING.value,
                 steps.c.workflow_id == bindparam("p_workflow_id"),
-                steps.c.name == bindparam("p_name"),
+                func.coalesce(steps.c.item_of, steps.c.name) == bindparam("p_name"),
                 steps.c.limit_key.is_not_distinct_from(bindparam("p_limit_key")),
                 steps.c.lease_expires_at > dialect.now(),
             )

@@ -66,11 +66,12 @@ class VerifyQueries:
             steps.c.state.in_([Status.PENDING.value, Status.QUEUED.value]),
             or_(steps.c.worker_id.is_not(None), steps.c.lease_expires_at.is_not(None)),
         )
+        limited = func.coalesce(steps.c.item_of, steps.c.name)  # a Map's items count as their step
         #: Step ConcurrencyLimits with more steps holding a live lease than they allow.
         self.limits_exceeded: Select = (
             select(
                 steps.c.workflow_id,
-                steps.c.name,
+                limited.label("name"),
                 steps.c.limit_key,
                 func.count(),
                 func.max(steps.c.concurrency_max),
@@ -80,7 +81,7 @@ class VerifyQueries:
                 steps.c.concurrency_max.is_not(None),
                 steps.c.lease_expires_at > dialect.now(),
             )
-            .group_by(steps.c.workflow_id, steps.c.name, steps.c.limit_key)
+            .group_by(steps.c.workflow_id, limited, steps.c.limit_key)
             .having(func.count() > func.max(steps.c.concurrency_max))
         )
         #: Failed steps, with how often a RetryPolicy retried them (checked against their policy).
