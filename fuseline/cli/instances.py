@@ -266,7 +266,7 @@ def signal(
     data: Annotated[
         str,
         typer.Option(
-            help="The signal's data, as JSON: the WaitFor step's result. Example: --data '{\"by\": \"ana\"}'"
+            help="The signal's data, as JSON: the WaitFor step's result, e.g. --data '{\"by\": \"ana\"}'"
         ),
     ] = "null",
 ) -> None:

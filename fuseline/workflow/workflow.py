@@ -15,7 +15,7 @@ from .lifecycle import StepLifecycle
 from .policies import Policy, RetryPolicy, StepPolicy, WorkflowPolicy
 from .runner import Runner, WorkflowRun, default_runner
 from .schema import WorkflowSchema, check_name
-from .shapes import SubWorkflow, contains_workflow
+from .shapes import Map, SubWorkflow, contains_workflow
 from .step import FunctionStep, Step, running_as
 
 
@@ -142,8 +142,9 @@ class Workflow:
         """The step a broker's assignment names: a step's name, or a Map item's ``name[i]``
         (its Map, which runs the mapped step with the item)."""
         found = self._steps.get(name)
-        if found is None and name.endswith("]") and "[" in name:
-            found = self._steps.get(name[: name.rfind("[")])
+        if found is None and name.endswith("]") and name[name.rfind("[") + 1 : -1].isdigit():
+            owner = self._steps.get(name[: name.rfind("[")])
+            found = owner if isinstance(owner, Map) else None
         if found is None:
             raise KeyError(f"workflow {self.workflow_id!r} has no step {name!r}")
         return found

@@ -23,6 +23,13 @@ COMMANDS = [
     ("instances", "explain"),
     ("instances", "cancel"),
     ("instances", "retry"),
+    ("instances", "signal"),
+    ("schedules",),
+    ("schedules", "add"),
+    ("schedules", "list"),
+    ("schedules", "pause"),
+    ("schedules", "resume"),
+    ("schedules", "remove"),
     ("workers",),
     ("workers", "list"),
 ]
@@ -46,6 +53,7 @@ OPTIONS = [
     (("submit",), "--key"),
     (("submit",), "--priority"),
     (("worker", "run"), "--queue"),
+    (("instances", "signal"), "--data"),
 ]
 
 
