@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from ..errors import (
@@ -50,16 +50,13 @@ from .memory_keys import KeyIndex
 from .memory_limits import FlowControl
 from .memory_queue import Entry, ReadyQueue
 from .memory_reads import MemoryReads
-from .memory_records import InstanceRecord, PlanStore, StepRecord, WorkerRecord, served_queues
+from .memory_records import InstanceRecord, PlanStore, StepRecord, WorkerRecord, served_queues, utcnow
 from .memory_schedules import MemoryScheduling, ScheduleBook
 from .memory_shapes import MemoryShapes
 from .reports import NO_ERROR_TEXT, WORKER_LOST, reported_state
 from .shapes import map_problem
 
-
-def _utcnow() -> datetime:
-    """Wall-clock time for display fields; leases use the monotonic clock."""
-    return datetime.now(timezone.utc)
+_utcnow = utcnow  # wall-clock time for display fields; leases use the monotonic clock
 
 
 class MemoryBroker(MemoryControl, MemoryShapes, MemoryReads, MemoryScheduling, Broker):

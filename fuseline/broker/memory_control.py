@@ -6,18 +6,13 @@ A mixin over the broker's records, called without the lock held (each takes it).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import InvalidTransition
 from ..states import BROKEN_STATES, EventKind, Status
 from .base import InstanceInfo
 from .dag import Progress
-from .memory_records import InstanceRecord
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from .memory_records import InstanceRecord, utcnow
 
 
 class MemoryControl:
@@ -42,7 +37,7 @@ class MemoryControl:
                 raise InvalidTransition(
                     f"instance {instance_id!r} is {instance.status}; only RUNNING instances can be cancelled"
                 )
-            now = _utcnow()
+            now = utcnow()
             for step in instance.steps.values():
                 if not step.state.is_final:
                     self._running.discard((instance_id, step.name))

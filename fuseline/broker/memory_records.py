@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..errors import LeaseLost, ReportConflict, SchemaConflict
@@ -16,6 +16,11 @@ from .base import InstanceEvent, InstanceInfo, StepInfo, StepReport, WorkerInfo
 from .dag import StepView, WorkflowPlan
 from .memory_queue import Entry
 from .reports import why_not_held
+
+
+def utcnow() -> datetime:
+    """Wall-clock time for the timestamps MemoryBroker shows; its leases use the monotonic clock."""
+    return datetime.now(timezone.utc)
 
 
 @dataclass

@@ -7,7 +7,6 @@ the decisions in :mod:`fuseline.broker.shapes` apply to one consistent state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidTransition, SignalConflict
@@ -16,7 +15,7 @@ from ..workflow.schema import check_name
 from . import codec
 from .dispatching import Dispatch
 from .ids import new_id
-from .memory_records import InstanceRecord, StepRecord
+from .memory_records import InstanceRecord, StepRecord, utcnow
 from .scheduling import ChildShape, MapShape, StepScheduling, item_base, item_index, item_name
 from .shapes import child_failure, child_inputs, child_schema, item_failure, signal_refused, signal_timeout
 
@@ -94,7 +93,7 @@ class MemoryShapes:
         if item.state in (Status.FAILED, Status.CANCELLED):
             for other in self._items_of(instance, map_name):
                 if other.state in (Status.PENDING, Status.QUEUED):
-                    other.end(Status.CANCELLED, datetime.now(timezone.utc), next(self._finished_seq))
+                    other.end(Status.CANCELLED, utcnow(), next(self._finished_seq))
                     self._event(instance, EventKind.CANCELLED, other)
             index = item_index(item.name)
             self._finish(instance, owner, Status.FAILED, None, item_failure(index or 0, item.error))

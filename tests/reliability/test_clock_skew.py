@@ -54,7 +54,13 @@ ALLOWED = {
     ("fuseline/broker/ids.py", "new_id", "time.time_ns"),
     # MemoryBroker (one process, no shared clock): wall time only for the timestamps it shows;
     # its leases use time.monotonic() (test_memory_broker_uses_wall_time_only_for_display).
-    ("fuseline/broker/memory.py", "_utcnow", "datetime.datetime.now"),
+    ("fuseline/broker/memory_records.py", "utcnow", "datetime.datetime.now"),
+    # MemoryBroker's schedules tick on the wall clock, the only clock one process shares with
+    # the time zones of cron expressions (a test injects its own clock).
+    ("fuseline/broker/memory_schedules.py", "wall_clock", "datetime.datetime.now"),
+    # Checking a cron expression when a schedule is added: it must yield a next tick from some
+    # time; the fire times stored come from the database clock (SqlBroker).
+    ("fuseline/broker/schedules.py", "ScheduleSpec.of", "datetime.datetime.now"),
     # The CLI's "duration" column of a step still running.
     ("fuseline/cli/common.py", "duration", "datetime.datetime.now"),
     # SQLite's database clock (fuseline_now() / fuseline_now_plus() in SQL): a SQLite file is

@@ -29,6 +29,8 @@ GRANTS = REPOSITORY / "docs" / "least-privilege.sql"
 DATA_TABLES = [
     "fuseline_events",
     "fuseline_instances",
+    "fuseline_schedules",
+    "fuseline_signals",
     "fuseline_starts",
     "fuseline_steps",
     "fuseline_workers",
