@@ -254,6 +254,22 @@ def test_a_child_that_fails_fails_the_subworkflow_step_naming_the_child(broker):
     assert parent.step("call").error.startswith(f"child instance {child_id} FAILED")
 
 
+def test_retrying_a_parent_whose_child_failed_starts_a_new_child(broker):
+    worker = register(broker, shapes.PARENT, shapes.CHILD)
+    parent_id = shapes.PARENT.dispatch(broker, {"n": -5, "mode": "fast"})
+    shapes.run_all(broker, worker, [shapes.PARENT])
+    (first,) = broker.get_instance(parent_id).children
+
+    broker.retry_instance(parent_id)
+
+    (second,) = broker.get_instance(parent_id).children  # the step names its newest child
+    assert second != first
+    assert broker.get_instance(second).parent_instance_id == parent_id
+    assert broker.get_instance(first).status is Status.FAILED
+    shapes.run_all(broker, worker, [shapes.PARENT])
+    assert broker.get_instance(parent_id).step("call").error.startswith(f"child instance {second} FAILED")
+
+
 def test_a_child_not_served_by_any_worker_is_accepted_and_waits(broker):
     worker = register(broker, shapes.PARENT)  # the parent's definition only
     parent_id = shapes.PARENT.dispatch(broker, {"n": 1, "mode": "m"})
