@@ -102,3 +102,24 @@ def test_a_map_item_name_resolves_to_its_map_in_the_workflow() -> None:
     assert not flow.knows("rows[0]")  # not a Map
     assert not flow.knows("doubled[x]")
     assert not flow.knows("nothing[1]")
+
+
+def test_workflow_run_fans_out_and_runs_children_in_process() -> None:
+    child = Workflow(
+        outputs=Map(FunctionStep(double), over=FunctionStep(rows), name="doubled"), workflow_id="kid"
+    )
+    start = FunctionStep(lambda n: n + 1, name="start")
+    parent = Workflow(
+        outputs=SubWorkflow(child, inputs={"n": Depends(start)}, name="call"), workflow_id="dad"
+    )
+
+    assert parent.run({"n": 3}) == [0, 2, 4, 6]
+    assert child.run({"n": 0}) == []
+
+
+def test_workflow_run_fails_a_map_over_a_non_list_naming_both_steps() -> None:
+    flow = Workflow(outputs=Map(FunctionStep(double), over=FunctionStep(lambda: 5, name="five"), name="each"))
+
+    run = flow.run_instance({})
+    assert run.status.value == "FAILED"
+    assert "Map 'each' runs over the result of 'five', which must be a list, not int" in (run.error or "")
