@@ -68,6 +68,9 @@ class EventKind(str, Enum):
     #: A step failed and its RetryPolicy allows another try: QUEUED again after the policy's
     #: delay (the event's detail is the failure).
     RETRY_SCHEDULED = "retry_scheduled"
+    #: An operator's repair (retry --from, skip, set-output): the detail names the action, the
+    #: operator and the steps touched.
+    REPAIRED = "repaired"
     #: ``broker.signal``: the event's detail is the signal's name.
     SIGNALLED = "signalled"
     INSTANCE_SUCCEEDED = "instance_succeeded"

@@ -21,12 +21,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BrokerError, LeaseLost, ReportConflict
 from ..states import FINAL_STATES, Status
 from ..workflow.schema import WorkflowSchema
 from .dispatching import Dispatch, as_dispatches
+
+if TYPE_CHECKING:
+    from .repairs import RepairAction, RepairPlan
 from .schedules import ScheduleMethods
 
 DEFAULT_LEASE_SECONDS = 30.0
@@ -386,8 +389,36 @@ class Broker(ScheduleMethods, ABC):
         """Cancel a RUNNING instance: unfinished steps end CANCELLED and late reports are refused."""
 
     @abstractmethod
-    def retry_instance(self, instance_id: str) -> InstanceInfo:
-        """Run a FAILED or CANCELLED instance again from its failed and cancelled steps."""
+    def retry_instance(
+        self, instance_id: str, from_step: str | None = None, *, operator: str | None = None
+    ) -> InstanceInfo:
+        """Run a FAILED or CANCELLED instance again from its failed and cancelled steps; with
+        ``from_step``, run that step and everything downstream of it again, on any finished
+        instance (SUCCEEDED too), their results reset (a repair, recorded with ``operator``)."""
+
+    def skip_step(self, instance_id: str, step: str, *, operator: str | None = None) -> InstanceInfo:
+        """End ``step`` SKIPPED (not yet done, FAILED or CANCELLED); the DAG goes on as for a skip,
+        and a FAILED or CANCELLED instance runs again."""
+        raise NotImplementedError(f"{type(self).__name__} does not repair steps")
+
+    def set_step_output(
+        self, instance_id: str, step: str, result: Any, *, operator: str | None = None
+    ) -> InstanceInfo:
+        """End ``step`` SUCCEEDED with ``result`` (JSON, size-limited like any result); the DAG
+        goes on, and a FAILED or CANCELLED instance runs again."""
+        raise NotImplementedError(f"{type(self).__name__} does not repair steps")
+
+    def plan_repair(
+        self,
+        instance_id: str,
+        action: RepairAction,
+        step: str,
+        result: Any = None,
+        *,
+        operator: str | None = None,
+    ) -> RepairPlan:
+        """What a repair would change (``--dry-run``), changing nothing."""
+        raise NotImplementedError(f"{type(self).__name__} does not repair steps")
 
     def signal(self, instance_id: str, name: str, data: Any = None) -> None:
         """Send signal ``name`` with JSON ``data`` to a RUNNING instance: a ``WaitFor(name)``

@@ -26,6 +26,7 @@ from .. import base as contract
 from .. import codec
 from ..dispatching import Dispatch
 from ..ids import instance_uuid
+from ..repairs import RepairAction, RepairPlan
 from . import migrate as schema_migrations
 from .claimfloor import ClaimFloors, NoFloors
 from .claiming import Claimer, OneStatementClaims, TransactionClaims
@@ -39,6 +40,7 @@ from .leases import HeldLeases, Reaper
 from .pg_connections import DEFAULT_CONNECTIONS
 from .plans import PlanCache
 from .queries import claims, definitions, events, explain, instances, leases, reports, shapes, workers
+from .repairs import Repairs
 from .reporting import OneStatementReports, Reporter
 from .rules import InstanceRules
 from .schedules import SqlSchedules, SqlScheduling
@@ -167,6 +169,7 @@ class SqlBroker(SqlScheduling, contract.Broker):
         )  # fmt: skip
         q_instances = instances.for_dialect(dialect)
         self._instances = Instances(self.db, q_instances, q_reports, q_events, rules, self._plans)
+        self._repairs = Repairs(self.db, self._instances, self.max_result_bytes)
         self._creation = InstanceCreation(
             self.db, q_instances, q_events, self._plans, fast_dispatch, self._shapes
         )
@@ -278,5 +281,31 @@ class SqlBroker(SqlScheduling, contract.Broker):
     def cancel_instance(self, instance_id: str) -> contract.InstanceInfo:
         return self._instances.cancel(instance_id)
 
-    def retry_instance(self, instance_id: str) -> contract.InstanceInfo:
-        return self._instances.retry(instance_id)
+    def retry_instance(
+        self, instance_id: str, from_step: str | None = None, *, operator: str | None = None
+    ) -> contract.InstanceInfo:
+        if from_step is None:
+            return self._instances.retry(instance_id)
+        self._repairs.repair(instance_id, RepairAction.RETRY_FROM, from_step, None, operator, apply=True)
+        return self._instances.get(instance_id)
+
+    def skip_step(self, instance_id: str, step: str, *, operator: str | None = None) -> contract.InstanceInfo:
+        self._repairs.repair(instance_id, RepairAction.SKIP, step, None, operator, apply=True)
+        return self._instances.get(instance_id)
+
+    def set_step_output(
+        self, instance_id: str, step: str, result: Any, *, operator: str | None = None
+    ) -> contract.InstanceInfo:
+        self._repairs.repair(instance_id, RepairAction.SET_OUTPUT, step, result, operator, apply=True)
+        return self._instances.get(instance_id)
+
+    def plan_repair(
+        self,
+        instance_id: str,
+        action: RepairAction,
+        step: str,
+        result: Any = None,
+        *,
+        operator: str | None = None,
+    ) -> RepairPlan:
+        return self._repairs.repair(instance_id, RepairAction(action), step, result, operator, apply=False)

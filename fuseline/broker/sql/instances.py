@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row
 from ...errors import InvalidTransition, UnknownInstance
 from ...states import EventKind, Status
 from ..base import InstanceEvent, InstanceInfo, InstancePage
+from ..dag import WorkflowPlan
 from ..ids import instance_uuid
 from .database import Database
 from .history import History
@@ -127,6 +128,25 @@ class Instances:
                 self.cancel(child_id)
         return self.get(instance_id)
 
+    def reset_steps(
+        self, conn: Connection, instance_id: str, plan: WorkflowPlan, names: Sequence[str]
+    ) -> None:
+        """Steps back to PENDING for a retry (attempts kept): a Map's items go, so it fans out
+        afresh; a SubWorkflow loses its child, so it starts a new one."""
+        maps = [n for n in names if plan.scheduling.steps[n].map is not None]
+        if maps and self.rules.shapes is not None:
+            conn.execute(
+                self.rules.shapes.queries.items_delete, {"p_instance_id": instance_id, "p_names": maps}
+            )
+        if names:
+            conn.execute(
+                self.queries.step_reset_for_retry,
+                [
+                    {"p_instance_id": instance_id, "p_name": n, "p_budget": plan.nodes[n].max_attempts}
+                    for n in names
+                ],
+            )
+
     def retry(self, instance_id: str) -> InstanceInfo:
         instance_id = instance_uuid(instance_id)
         history = History()
@@ -140,19 +160,7 @@ class Instances:
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
             broken = list(conn.execute(self.queries.steps_broken, {"p_instance_id": instance_id}).scalars())
             names = [n for n in broken if n in plan.nodes]  # a Map's items go: it fans out afresh
-            maps = [n for n in names if plan.scheduling.steps[n].map is not None]
-            if maps and self.rules.shapes is not None:
-                conn.execute(
-                    self.rules.shapes.queries.items_delete, {"p_instance_id": instance_id, "p_names": maps}
-                )
-            if names:
-                conn.execute(
-                    self.queries.step_reset_for_retry,
-                    [
-                        {"p_instance_id": instance_id, "p_name": n, "p_budget": plan.nodes[n].max_attempts}
-                        for n in names
-                    ],
-                )
+            self.reset_steps(conn, instance_id, plan, names)
             conn.execute(self.queries.instance_reopen, {"p_instance_id": instance_id})
             history.add(instance_id, EventKind.RETRIED)
             order = {name: i for i, name in enumerate(plan.order)}

@@ -7,6 +7,7 @@ from functools import cache
 from sqlalchemy import DateTime, Insert, Select, Update, bindparam, case, func, insert, select, tuple_, update
 
 from ....states import UNFINISHED_STATES, Status
+from ...repairs import REPAIRABLE_STATES
 from ...scheduling import CHILDREN_QUEUE, SIGNALS_QUEUE
 from ..dialects import Dialect, dialect_of
 from ..models import instances, steps
@@ -106,6 +107,27 @@ class InstanceQueries:
                 retries=0,
                 **dict.fromkeys(_CLEARED_BY_RETRY),
             )
+        )
+        #: An operator ends a step not yet done, FAILED or CANCELLED (skip, set-output); its
+        #: holder, if any, loses it: the attempt stays, so the holder's late report is refused.
+        self.step_end_by_operator: Update = (
+            update(steps)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.name == bindparam("p_name"),
+                steps.c.state.in_([s.value for s in REPAIRABLE_STATES]),
+            )
+            .values(
+                state=bindparam("p_state"),
+                result=bindparam("p_result"),
+                action=bindparam("p_action"),
+                error=None,
+                worker_id=None,
+                reported_by=None,
+                lease_expires_at=None,
+                finished_at=now,
+            )
+            .returning(steps.c.attempt)
         )
         self.instance_reopen: Update = (
             update(instances)
