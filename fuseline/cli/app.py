@@ -10,6 +10,7 @@ from .._version import __version__
 from .common import DATABASE_ENV, Settings
 from .db import db_app
 from .instances import instances_app
+from .repairs import steps_app
 from .schedules import schedules_app
 from .submit import submit
 from .worker import worker_app
@@ -64,6 +65,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(worker_app, name="worker")
 app.command("submit")(submit)
 app.add_typer(instances_app, name="instances")
+app.add_typer(steps_app, name="steps")
 app.add_typer(workers_app, name="workers")
 app.add_typer(schedules_app, name="schedules")
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..broker.base import Broker, InstanceEvent, InstanceInfo, StepInfo
 from ..broker.ids import instance_uuid
+from ..broker.repairs import RepairAction
 from ..states import INSTANCE_STATES, EventKind, Status
 from .common import (
     InstanceId,
@@ -26,6 +27,7 @@ from .common import (
     when,
 )
 from .explain import explain
+from .repairs import repair
 
 instances_app = typer.Typer(
     help="List, show, explain, cancel, retry and signal workflow instances.\n\n"
@@ -245,11 +247,32 @@ def cancel(ctx: typer.Context, instance_id: InstanceId) -> None:
 
 
 @instances_app.command()
-def retry(ctx: typer.Context, instance_id: InstanceId) -> None:
-    """Run a FAILED or CANCELLED instance again from its failed and cancelled steps.
+def retry(
+    ctx: typer.Context,
+    instance_id: InstanceId,
+    from_step: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="STEP",
+            help="Run STEP and everything downstream of it again, their results reset, on any "
+            "finished instance (SUCCEEDED too), e.g. --from transform",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --from: print exactly what would change, change nothing.")
+    ] = False,
+) -> None:
+    """Run a FAILED or CANCELLED instance again from its failed and cancelled steps; with --from,
+    from that step on (any finished instance).
 
-    Example: fuseline instances retry 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21
+    Example: fuseline instances retry 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21 --from transform --dry-run
     """
+    if from_step is not None:
+        repair(ctx, instance_id, RepairAction.RETRY_FROM, from_step, None, dry_run)
+        return
+    if dry_run:
+        raise typer.BadParameter("--dry-run needs --from STEP", param_hint="--dry-run")
     info = _change(ctx, lambda broker: broker.retry_instance(instance_uuid(instance_id)))
     queued = [s.name for s in info.steps if s.state is Status.QUEUED]
     console.print(

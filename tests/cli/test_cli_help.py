@@ -24,6 +24,9 @@ COMMANDS = [
     ("instances", "cancel"),
     ("instances", "retry"),
     ("instances", "signal"),
+    ("steps",),
+    ("steps", "skip"),
+    ("steps", "set-output"),
     ("schedules",),
     ("schedules", "add"),
     ("schedules", "list"),
@@ -54,6 +57,8 @@ OPTIONS = [
     (("submit",), "--priority"),
     (("worker", "run"), "--queue"),
     (("instances", "signal"), "--data"),
+    (("instances", "retry"), "--from"),
+    (("steps", "set-output"), "--result"),
 ]
 
 
