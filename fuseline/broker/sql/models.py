@@ -104,6 +104,13 @@ class InstanceRow(Base):
             postgresql_where=text("parent_instance_id IS NOT NULL"),
             sqlite_where=text("parent_instance_id IS NOT NULL"),
         ),
+        # Retention deletes the oldest finished instances first (migration 0008).
+        Index(
+            "ix_fuseline_instances_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
