@@ -172,12 +172,18 @@ class InstanceInfo:
 @dataclass(frozen=True)
 class InstancePage:
     """Which instances a listing returns: newest first, optionally of one status and one
-    workflow, ``limit`` of them after skipping ``offset``."""
+    workflow, created in ``[since, until)``, with one idempotency ``key``; ``limit`` of them
+    after skipping ``offset``, or (keyset pagination, as fast on page 1,000 as on page 1)
+    those listed after instance ``after``."""
 
     status: Status | None = None
     workflow_id: str | None = None
     limit: int = 50
     offset: int = 0
+    since: datetime | None = None
+    until: datetime | None = None
+    key: str | None = None
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -357,10 +363,19 @@ class Broker(ScheduleMethods, ABC):
         workflow_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key: str | None = None,
+        after: str | None = None,
     ) -> list[InstanceInfo]:
-        """Instances, newest first: one page of those with this status and workflow."""
+        """Instances, newest first: one page of those matching the filters (see InstancePage);
+        ``after`` an instance id lists those after it (UnknownInstance if there is none)."""
         wanted = Status(status) if status is not None else None
-        return self.instances_page(InstancePage(wanted, workflow_id, max(0, int(limit)), max(0, int(offset))))
+        page = InstancePage(
+            wanted, workflow_id, max(0, int(limit)), max(0, int(offset)), since, until, key, after
+        )
+        return self.instances_page(page)
 
     @abstractmethod
     def instances_page(self, page: InstancePage) -> list[InstanceInfo]:

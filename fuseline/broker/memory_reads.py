@@ -36,11 +36,18 @@ class MemoryReads:
 
     def instances_page(self, page: InstancePage) -> list[InstanceInfo]:
         with self._lock:
+            newest_first = list(reversed(self._instances.values()))
+            if page.after is not None:
+                self._instance(page.after)  # UnknownInstance if there is none
+                newest_first = newest_first[[i.instance_id for i in newest_first].index(page.after) + 1 :]
             found = [
                 i
-                for i in reversed(self._instances.values())
+                for i in newest_first
                 if (page.status is None or i.status is page.status)
                 and (page.workflow_id is None or i.workflow_id == page.workflow_id)
+                and (page.since is None or i.created_at >= page.since)
+                and (page.until is None or i.created_at < page.until)
+                and (page.key is None or i.key == page.key)
             ]
             return [i.info(self._load) for i in found[page.offset : page.offset + page.limit]]
 

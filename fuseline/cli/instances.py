@@ -28,6 +28,7 @@ from .common import (
 )
 from .explain import explain
 from .repairs import repair
+from .submit import parse_at
 
 instances_app = typer.Typer(
     help="List, show, explain, cancel, retry and signal workflow instances.\n\n"
@@ -108,13 +109,33 @@ def list_(
         str | None, typer.Option(help="Only this status: RUNNING, SUCCEEDED, FAILED or CANCELLED.")
     ] = None,
     workflow: Annotated[str | None, typer.Option(help="Only instances of this workflow id.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only those created at or after this time, e.g. --since 2026-12-01T00:00:00Z"),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only those created before this time, e.g. --until 2026-12-02T00:00:00+01:00"),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="Only the one with this idempotency key (needs --workflow), e.g. --key order-42"),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="The next page: those listed after this instance (the last id of the previous "
+            "page), e.g. --after 0b6c2f8e-5b4a-4a8e-9a56-3f1f0c7e9d21",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 20,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many of the newest first.")] = 0,
     json_output: JsonFlag = False,
 ) -> None:
-    """List instances, newest first.
+    """List instances, newest first; --after pages through any number of them at the same speed.
 
-    Example: fuseline instances list --status FAILED --limit 10
+    Example: fuseline instances list --status FAILED --since 2026-12-01T00:00:00Z --limit 10
     """
     wanted = None
     if status is not None:
@@ -123,10 +144,20 @@ def list_(
             raise typer.BadParameter(
                 f"{status!r} is not one of RUNNING, SUCCEEDED, FAILED, CANCELLED", param_hint="--status"
             )
+    if key is not None and workflow is None:
+        raise typer.BadParameter("keys are per workflow: add --workflow", param_hint="--key")
+    filters = {
+        "since": parse_at(since, "--since"),
+        "until": parse_at(until, "--until"),
+        "key": key,
+        "after": after,
+    }
     broker = open_broker(ctx)
     try:
         with user_errors():
-            found = broker.list_instances(status=wanted, workflow_id=workflow, limit=limit, offset=offset)
+            found = broker.list_instances(
+                status=wanted, workflow_id=workflow, limit=limit, offset=offset, **filters
+            )
     finally:
         broker.close()
     if json_output:
@@ -146,6 +177,8 @@ def list_(
             duration(info.created_at, info.finished_at),
         )
     console.print(table)
+    if len(found) == limit:
+        console.print(f"next page: --after {found[-1].instance_id}", highlight=False, markup=False)
 
 
 @instances_app.command()

@@ -49,20 +49,21 @@ def parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
     return inputs
 
 
-def parse_at(text: str | None) -> datetime | None:
-    """``--at``: an ISO 8601 time that names its time zone (a naive time would be a guess)."""
+def parse_at(text: str | None, option: str = "--at") -> datetime | None:
+    """``--at`` (or ``option``): an ISO 8601 time that names its time zone (a naive time would be
+    a guess)."""
     if text is None:
         return None
     try:
         at = datetime.fromisoformat(text.strip())
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r} is not an ISO 8601 time (for example: 2026-12-01T02:30:00+01:00)", param_hint="--at"
+            f"{text!r} is not an ISO 8601 time (for example: 2026-12-01T02:30:00+01:00)", param_hint=option
         ) from None
     if at.tzinfo is None or at.utcoffset() is None:
         raise typer.BadParameter(
             f"{text!r} has no time zone; add one, e.g. 2026-12-01T02:30:00+01:00 or 2026-12-01T01:30:00Z",
-            param_hint="--at",
+            param_hint=option,
         )
     return at
 

@@ -58,6 +58,10 @@ OPTIONS = [
     (("worker", "run"), "--queue"),
     (("instances", "signal"), "--data"),
     (("instances", "retry"), "--from"),
+    (("instances", "list"), "--since"),
+    (("instances", "list"), "--until"),
+    (("instances", "list"), "--key"),
+    (("instances", "list"), "--after"),
     (("steps", "set-output"), "--result"),
 ]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Row
@@ -46,10 +46,15 @@ class Instances:
         return instance_info(row, step_rows)
 
     def list(self, page: InstancePage) -> list[InstanceInfo]:
-        status = page.status.value if page.status is not None else None
-        query = self.queries.instances_page(status, page.workflow_id, page.limit, page.offset)
+        after = None
+        if page.after is not None:
+            page = replace(page, after=instance_uuid(page.after))
         with self.db.transaction() as conn:
-            rows = conn.execute(query).all()
+            if page.after is not None:
+                after = conn.execute(self.queries.instance_created_at, {"p_instance_id": page.after}).scalar()
+                if after is None:
+                    raise UnknownInstance(page.after)
+            rows = conn.execute(self.queries.instances_page(page, after)).all()
             if not rows:
                 return []
             step_rows = conn.execute(

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from sqlalchemy import DateTime, Insert, Select, Update, bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import (
+    DateTime,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from ....states import UNFINISHED_STATES, Status
+from ...base import InstancePage
 from ...repairs import REPAIRABLE_STATES
 from ...scheduling import CHILDREN_QUEUE, SIGNALS_QUEUE
 from ..dialects import Dialect, dialect_of
@@ -50,6 +66,9 @@ class InstanceQueries:
             )
         )
         self.instance_get: Select = select(instances).where(instances.c.id == bindparam("p_instance_id"))
+        self.instance_created_at: Select = select(instances.c.created_at).where(
+            instances.c.id == bindparam("p_instance_id")
+        )
         self.instance_exists: Select = select(instances.c.id).where(
             instances.c.id == bindparam("p_instance_id")
         )
@@ -136,14 +155,30 @@ class InstanceQueries:
         )
 
     @staticmethod
-    def instances_page(status: str | None, workflow_id: str | None, limit: int, offset: int) -> Select:
-        """Instances, newest first, optionally of one status and one workflow."""
+    def instances_page(page: InstancePage, after: Any = None) -> Select:
+        """Instances, newest first, matching the page's filters. ``after`` is the created_at of
+        the instance ``page.after``: the page starts just below it in (created_at, id) order,
+        so a deep page costs what the first does (the indexes lead with created_at)."""
         query = select(instances).order_by(instances.c.created_at.desc(), instances.c.id.desc())
-        if status is not None:
-            query = query.where(instances.c.status == status)
-        if workflow_id is not None:
-            query = query.where(instances.c.workflow_id == workflow_id)
-        return query.limit(max(0, int(limit))).offset(max(0, int(offset)))
+        if page.status is not None:
+            query = query.where(instances.c.status == page.status.value)
+        if page.workflow_id is not None:
+            query = query.where(instances.c.workflow_id == page.workflow_id)
+        if page.since is not None:
+            query = query.where(instances.c.created_at >= page.since)
+        if page.until is not None:
+            query = query.where(instances.c.created_at < page.until)
+        if page.key is not None:
+            query = query.where(instances.c.key == page.key)
+        if page.after is not None:
+            query = query.where(
+                instances.c.created_at <= after,
+                or_(
+                    instances.c.created_at < after,
+                    and_(instances.c.created_at == after, instances.c.id < page.after),
+                ),
+            )
+        return query.limit(max(0, int(page.limit))).offset(max(0, int(page.offset)))
 
 
 @cache
