@@ -145,6 +145,20 @@ def test_setting_the_output_of_a_failed_step_feeds_its_successors(broker):
     assert _repaired(broker, instance_id) == ["set-output 'boom' by ana: boom, after_boom, after_after"]
 
 
+def test_setting_the_output_of_a_running_step_refuses_its_workers_late_report(broker):
+    worker = register(broker, wf.SEQUENCE)
+    instance_id = wf.SEQUENCE.dispatch(broker, {"x": 1})
+    held = claim(broker, worker)
+
+    broker.set_step_output(instance_id, "first", 5)
+    with pytest.raises(LeaseLost):
+        broker.report_step(worker, report(held, Status.SUCCEEDED, 2))
+
+    nxt = claim(broker, worker)
+    assert (nxt.step_name, nxt.payload["results"]) == ("second", {"first": 5})
+    assert broker.get_instance(instance_id).step("first").result == 5
+
+
 def test_an_output_that_is_not_json_or_too_large_is_refused_and_changes_nothing(make_broker):
     broker = make_broker(max_result_bytes=64)
     _, instance_id = _ran(broker, wf.FAIL_FAST, {"x": 5})
