@@ -32,6 +32,7 @@ from ..workflow.lifecycle import StepLifecycle
 from ..workflow.workflow import Workflow
 from .assignment import run_assignment
 from .heartbeat import Heartbeat
+from .observer import NO_OBSERVER, WorkerObserver
 from .reportbuffer import ReportBuffer
 from .retry import GaveUp, call_retrying
 
@@ -81,6 +82,9 @@ class Worker:
     run without their ``RetryPolicy``: a failure is reported at once and the
     broker schedules the retry, so a retry survives this worker and may run
     on another one.
+
+    ``observer`` hears what the worker does (:class:`fuseline.metrics.WorkerMetrics`
+    counts it for Prometheus); without one nothing is counted.
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class Worker:
         heartbeat_interval: float | None = None,
         prefetch: int = 1,
         queues: Sequence[str] | None = None,
+        observer: WorkerObserver | None = None,
     ) -> None:
-        self.client = client
+        self._observer = observer or NO_OBSERVER
+        self.client = self._observer.client(client)
         self.queues = list(queues) if queues is not None else None
         # A workflow's SubWorkflow children are served too: their steps need a worker.
         self.workflows = {wf.key: wf for parent in workflows for wf in (parent, *parent.children)}
@@ -104,6 +110,7 @@ class Worker:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         self.prefetch = prefetch
         self._schemas = [wf.to_schema() for wf in self.workflows.values()]
+        self._observer.serving(self._schemas)
         self.worker_id = self._register()
         self.steps_run = 0
         self._stopping = threading.Event()
@@ -243,11 +250,13 @@ class Worker:
     def _execute(self, assignment: StepAssignment) -> StepReport | None:
         """Run one step; returns its report, or None when its lease was lost meanwhile."""
         workflow = self.workflows[(assignment.workflow_id, assignment.version)]
+        self._observer.started(assignment)
         self._beat.current = assignment
         try:
             execution = run_assignment(workflow, assignment, self._lifecycle, policy_retries=False)
         finally:
             self._beat.current = None
+        self._observer.finished(assignment, execution)
         report = execution.report
         logger.info(
             "instance=%s step=%s attempt=%d state=%s duration=%.3fs",
@@ -263,6 +272,7 @@ class Worker:
                 assignment.step_name,
                 assignment.instance_id,
             )
+            self._observer.dropped(assignment)
             return None
         self.steps_run += 1
         return report
