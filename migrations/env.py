@@ -45,7 +45,10 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    _configure(url=_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    # ``fuseline db upgrade --sql`` names the dialect; the alembic command needs a URL.
+    dialect_name = config.attributes.get("dialect_name")
+    target = {"dialect_name": dialect_name} if dialect_name else {"url": _url()}
+    _configure(**target, literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
 

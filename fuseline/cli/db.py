@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import console, fail, masked_url, plain, print_json, settings, user_errors
+from .common import (
+    JsonFlag,
+    console,
+    err_console,
+    fail,
+    masked_url,
+    open_broker,
+    plain,
+    print_json,
+    settings,
+    user_errors,
+)
+from .durations import DEFAULT_RETENTION, RETENTION_ENV, duration_option, shown
 
 db_app = typer.Typer(
     help="Create, migrate and inspect fuseline's tables.\n\nExample: fuseline db upgrade",
@@ -45,6 +57,16 @@ def _current(engine: object) -> str | None:
 def upgrade(
     ctx: typer.Context,
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    sql: Annotated[
+        bool,
+        typer.Option(
+            "--sql",
+            help="Print the SQL of the upgrade instead of running it, for a DBA to apply: from the "
+            "database's revision (only read) to REVISION, or for a range FROM:TO without reading "
+            "the database at all, e.g. --sql > upgrade.sql. PostgreSQL; SQLite only when no "
+            "table is rebuilt.",
+        ),
+    ] = False,
 ) -> None:
     """Create or migrate fuseline's tables up to REVISION (default: the newest).
 
@@ -52,9 +74,14 @@ def upgrade(
     database owner; workers can then use a role without CREATE rights.
 
     Example: fuseline --database-url postgresql+psycopg://owner@db/app db upgrade
+
+    Example: fuseline db upgrade --sql > upgrade.sql
     """
     from ..broker.sql import migrate
 
+    if sql:
+        _print_upgrade_sql(ctx, revision)
+        return
     with _engine(ctx) as engine, user_errors():
         before = _current(engine)
         migrate.upgrade(engine, revision)  # type: ignore[arg-type]
@@ -148,7 +175,8 @@ def verify(
 
     Looks for RUNNING steps without a live lease, steps accepted or queued
     more than once, steps queued before their dependencies were met, attempts
-    that went backwards, and instances whose status disagrees with their steps.
+    that went backwards, instances whose status disagrees with their steps,
+    and steps, events or signals whose instance is gone.
 
     Example: fuseline db verify
     """
@@ -171,3 +199,124 @@ def verify(
         console.print(f"{len(violations)} violation(s)", style="red")
     if violations:
         raise typer.Exit(1)
+
+
+def _print_upgrade_sql(ctx: typer.Context, revision: str) -> None:
+    """``db upgrade --sql``: the SQL on stdout; the database is read for its revision, never
+    written (and not even read for a range ``FROM:TO``)."""
+    import sys
+    from pathlib import Path
+
+    from ..broker.sql import migrate
+    from ..broker.sql.engine import parse_url
+
+    with user_errors():
+        url = parse_url(settings(ctx).url)
+    dialect = url.get_backend_name()
+    start: str | None
+    if ":" in revision:
+        start, revision = revision.split(":", 1)
+        start = None if start in ("", "base") else start
+    elif dialect == "sqlite" and not Path(url.database or "").is_file():
+        start = None  # no file yet: an empty database (and do not create one by looking)
+    else:
+        with _engine(ctx) as engine:
+            start = _current(engine)
+    if start == migrate.HEAD_REVISION and revision in ("head", migrate.HEAD_REVISION):
+        err_console.print(f"{plain(masked_url(ctx))} is already at revision {start}: no SQL to print")
+        return
+    with user_errors():
+        sys.stdout.write(migrate.upgrade_sql(dialect, start, revision))
+
+
+@db_app.command()
+def check(ctx: typer.Context) -> None:
+    """Exit 0 when the database is at the newest revision, 1 when it is not (for deploy scripts).
+
+    Prints one line: the revision, or the revisions the database lacks. It
+    only reads alembic's version table.
+
+    Example: fuseline db check || fuseline db upgrade
+    """
+    from ..broker.sql.migrate import HEAD_REVISION, missing_revisions
+
+    with _engine(ctx) as engine:
+        revision = _current(engine)
+    where = plain(masked_url(ctx))
+    missing = missing_revisions(revision)
+    if missing == ():
+        console.print(f"{where} is at revision {revision} (head)", highlight=False, soft_wrap=True)
+        return
+    if missing is None:
+        line = (
+            f"{where} is at revision {plain(revision)}, which this fuseline does not know "
+            f"(its newest is {HEAD_REVISION}): upgrade fuseline"
+        )
+    else:
+        at = f"at revision {revision}" if revision else "without fuseline tables"
+        line = f"{where} is {at}, behind: missing {', '.join(missing)} (run `fuseline db upgrade`)"
+    console.print(line, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+_PRUNED_TABLES = ("instances", "steps", "events", "signals", "workers")
+
+
+@db_app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than",
+            envvar=RETENTION_ENV,
+            metavar="DURATION",
+            help="Delete the instances finished longer ago than this (30s, 15m, 12h, 7d, 2w; 0 "
+            "keeps everything), e.g. --older-than 30d.",
+        ),
+    ] = DEFAULT_RETENTION,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Count what would be deleted and delete nothing, e.g. --dry-run --older-than 90d.",
+        ),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Delete finished instances older than --older-than now, with their steps, events and signals,
+    and the rows of workers stopped for more than a day; print the rows per table.
+
+    Running workers do this by themselves (worker run --retention); prune is
+    for a first clean-up, or a database no worker runs on. It deletes in the
+    same small batches, so workers keep running meanwhile. Children of a
+    running instance, and instances with an unfinished or recent descendant,
+    are kept.
+
+    Example: fuseline db prune --older-than 30d --dry-run
+    """
+    age = duration_option(ctx, "older_than", older_than, "--older-than")
+    counts = None
+    if age:
+        broker = open_broker(ctx)
+        try:
+            with user_errors():
+                counts = broker.prune(age, dry_run=dry_run)
+        finally:
+            broker.close()
+    table = counts.as_dict() if counts is not None else dict.fromkeys(_PRUNED_TABLES, 0)
+    if json_output:
+        print_json({"dry_run": dry_run, "older_than_seconds": age, **table})
+        return
+    if counts is None:
+        console.print("--older-than 0 keeps everything: nothing deleted", highlight=False)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    console.print(
+        f"{verb} in {plain(masked_url(ctx))} (instances finished more than {shown(age)} ago, "
+        "workers stopped more than 1d ago):",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for name, rows in table.items():
+        console.print(f"  {name:<10} {rows:>9}", highlight=False)

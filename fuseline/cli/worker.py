@@ -17,6 +17,7 @@ import typer
 from ..engines.retry import reconnect_delay
 from ..workflow.workflow import Workflow
 from .common import fail, masked_url, settings
+from .durations import DEFAULT_RETENTION, RetentionOption, duration_option
 
 if TYPE_CHECKING:
     from ..broker.sql import SqlBroker
@@ -42,6 +43,8 @@ class WorkerOptions:
     burst: bool
     log_level: str
     listen: bool = True
+    #: Seconds after which finished instances are deleted (None: never; 7 days by default).
+    retention: float | None = 7 * 86400.0
     prefetch: int = 1
     #: The queues to claim from; None: every queue of the workflows.
     queues: tuple[str, ...] | None = None
@@ -85,6 +88,7 @@ def run(
             "finished steps it had not reported yet.",
         ),
     ] = 1,
+    retention: RetentionOption = DEFAULT_RETENTION,
     queues: Annotated[
         list[str] | None,
         typer.Option(
@@ -107,6 +111,9 @@ def run(
     Step(queue="gpu") in the workflow, "default" otherwise), e.g. to keep GPU
     steps on GPU machines.
 
+    Running workers also delete what finished longer ago than --retention
+    (7 days by default), a few hundred rows at a time; see `fuseline db prune`.
+
     Example: fuseline worker run my_app.flows:etl --concurrency 4
 
     Example: fuseline worker run my_app.flows:train --queue gpu
@@ -117,6 +124,7 @@ def run(
             f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
         )
     wanted_queues = checked_queues(queues)
+    retention_seconds = duration_option(ctx, "retention", retention, "--retention")
     loaded = [load_workflow(spec) for spec in workflows]
     configure_logging(level)
     check_before_starting(ctx, loaded, lease_seconds)
@@ -129,6 +137,7 @@ def run(
         log_level=level,
         listen=listen,
         prefetch=prefetch,
+        retention=retention_seconds or None,
         queues=wanted_queues,
     )
     serving = (
@@ -293,7 +302,9 @@ def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[Sql
     from ..clients import LocalBrokerClient
     from ..engines.worker import Worker
 
-    broker = SqlBroker.for_url(options.url, lease_seconds=options.lease_seconds, listen=options.listen)
+    broker = SqlBroker.for_url(
+        options.url, lease_seconds=options.lease_seconds, listen=options.listen, retention=options.retention
+    )
     try:
         return broker, Worker(
             LocalBrokerClient(broker), workflows, prefetch=options.prefetch, queues=options.queues

@@ -14,6 +14,7 @@ never deadlock; claims lock only QUEUED rows and skip locked ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
@@ -42,6 +43,7 @@ from .plans import PlanCache
 from .queries import claims, definitions, events, explain, instances, leases, reports, shapes, workers
 from .repairs import Repairs
 from .reporting import OneStatementReports, Reporter
+from .retention import DEFAULT_RETENTION, PruneCounts, Pruner, RetentionPasses, retention_seconds
 from .rules import InstanceRules
 from .schedules import SqlSchedules, SqlScheduling
 from .shapes import ShapeRules
@@ -64,7 +66,9 @@ class SqlBroker(SqlScheduling, contract.Broker):
     connections (opened together, see :mod:`.pg_connections`), plus one to
     listen on. ``fast_paths=False`` runs every operation on the general
     (multi-statement) path, which the one-statement forms must match; it is
-    there for tests and for comparing the two.
+    there for tests and for comparing the two. ``retention`` (seconds or a timedelta; 0 or
+    None keeps everything): finished instances older than that are deleted by the brokers
+    that claim, with their steps, events and signals (see :mod:`.retention`).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class SqlBroker(SqlScheduling, contract.Broker):
         listen: bool = True,
         connections: int = DEFAULT_CONNECTIONS,
         fast_paths: bool = True,
+        retention: float | timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
@@ -84,6 +89,7 @@ class SqlBroker(SqlScheduling, contract.Broker):
             raise ValueError(f"connections must be at least 1, not {connections}")
         self.lease_seconds = float(lease_seconds)
         self.max_result_bytes = max_result_bytes
+        self.retention = retention_seconds(retention)
         engine = self._engine(url_or_engine, connections)
         self.engine = engine
         self.db: Database = (
@@ -178,6 +184,8 @@ class SqlBroker(SqlScheduling, contract.Broker):
         self._explainer = Explainer(
             self.db, explain.for_dialect(dialect), q_claims, q_instances, self._plans, dead_after
         )
+        background = isinstance(self.db, PostgresDatabase)  # SQLite: one writer anyway, inline
+        self._retention = RetentionPasses(Pruner.on(self.db), self.retention, background=background)
 
     @classmethod
     def for_url(cls, url: str | URL, **options: Any) -> SqlBroker:
@@ -190,6 +198,8 @@ class SqlBroker(SqlScheduling, contract.Broker):
         return f"SqlBroker({self.url!r}, lease_seconds={self.lease_seconds:g})"
 
     def close(self) -> None:
+        if getattr(self, "_retention", None) is not None:
+            self._retention.close()
         if getattr(self, "db", None) is not None:
             self.db.close()
         if getattr(self, "_owns_engine", False):
@@ -230,12 +240,14 @@ class SqlBroker(SqlScheduling, contract.Broker):
     # -- claims and reports ----------------------------------------------------------------
     def get_step(self, worker_id: str) -> contract.StepAssignment | None:
         self._schedules.fire_due()  # running workers fire due schedules: no daemon
+        self._retention.due()  # and prune what outlived the retention
         claimed = self._claimer.claim(worker_id, 1)
         return claimed[0] if claimed else None
 
     def get_steps(self, worker_id: str, limit: int) -> list[contract.StepAssignment]:
         """The whole batch in one statement on PostgreSQL; one claim at a time elsewhere."""
         self._schedules.fire_due()
+        self._retention.due()
         return self._claimer.claim(worker_id, max(1, limit))
 
     def report_step(self, worker_id: str, report: contract.StepReport) -> None:
@@ -248,6 +260,7 @@ class SqlBroker(SqlScheduling, contract.Broker):
 
     def report_and_claim(self, worker_id: str, report: contract.StepReport) -> contract.StepAssignment | None:
         self._schedules.fire_due()
+        self._retention.due()
         return self._reporter.report_and_claim(worker_id, report)
 
     # -- instances -------------------------------------------------------------------------
@@ -309,3 +322,15 @@ class SqlBroker(SqlScheduling, contract.Broker):
         operator: str | None = None,
     ) -> RepairPlan:
         return self._repairs.repair(instance_id, RepairAction(action), step, result, operator, apply=False)
+
+    # -- retention -------------------------------------------------------------------------
+    def prune(self, older_than: float | timedelta | None = None, *, dry_run: bool = False) -> PruneCounts:
+        """Delete now the instances finished more than ``older_than`` ago (default 7 days; 0
+        keeps everything) with their steps, events and signals, and the rows of workers stopped
+        for more than a day, in the same small batches as the workers' passes; the rows per
+        table. ``dry_run`` counts them and changes nothing."""
+        age = retention_seconds(DEFAULT_RETENTION if older_than is None else older_than)
+        if age is None:
+            return PruneCounts()
+        pruner = Pruner.on(self.db)
+        return pruner.count(age) if dry_run else pruner.prune(age)

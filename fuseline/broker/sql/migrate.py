@@ -83,6 +83,40 @@ def check_current(engine: Engine) -> None:
     )
 
 
+def missing_revisions(revision: str | None) -> tuple[str, ...] | None:
+    """The revisions a database at ``revision`` (None: no tables) lacks, oldest first; None when
+    this fuseline does not know ``revision`` (a newer one wrote it)."""
+    if revision is None:
+        return REVISIONS
+    if revision not in REVISIONS:
+        return None
+    return REVISIONS[REVISIONS.index(revision) + 1 :]
+
+
+def upgrade_sql(dialect_name: str, start: str | None, revision: str = "head") -> str:
+    """The SQL that upgrades a database of ``dialect_name`` from ``start`` (None: empty) to
+    ``revision``, written by alembic's offline mode: no database is used."""
+    import io
+
+    from alembic import command
+    from alembic.util.exc import CommandError
+
+    buffer = io.StringIO()
+    config = alembic_config()
+    config.output_buffer = buffer
+    config.attributes["dialect_name"] = dialect_name
+    try:
+        command.upgrade(config, f"{start}:{revision}" if start else revision, sql=True)
+    except CommandError as exc:
+        if dialect_name == "sqlite" and "batch mode" in str(exc):
+            raise DatabaseError(
+                "cannot print the SQL of this upgrade for SQLite: it rebuilds a table, which needs "
+                "the database itself; run `fuseline db upgrade` instead"
+            ) from None
+        raise DatabaseError(f"cannot write the SQL of an upgrade to {revision!r}: {exc}") from None
+    return buffer.getvalue()
+
+
 def ensure_current(engine: Engine) -> None:
     """Upgrade to head unless already there (without importing alembic when it is)."""
     with engine.connect() as connection:

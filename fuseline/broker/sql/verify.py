@@ -20,7 +20,9 @@ violation of the guarantees fuseline makes:
 - ``item_without_map``: a Map item whose Map step is not in its instance;
 - ``child_without_parent_step``: a child instance whose parent has no SubWorkflow step that
   started a child under that name;
-- ``map_items_mismatch``: a Map that succeeded with a result of another length than its items.
+- ``map_items_mismatch``: a Map that succeeded with a result of another length than its items;
+- ``orphaned_event``, ``orphaned_step``, ``orphaned_signal``: rows of an instance that does not
+  exist (retention deletes an instance together with all of them).
 
 The chaos tests call it at the end of every run, and so can operators:
 ``fuseline db verify``.
@@ -65,6 +67,7 @@ def verify(engine: Engine, *, stale_after_seconds: float = 60.0) -> list[Violati
             *_check_instances(conn, q),
             *_check_flow_control(conn, q),
             *_check_shapes(conn, q),
+            *_check_orphans(conn, q),
         ]
 
 
@@ -212,4 +215,18 @@ def _check_shapes(conn: Connection, q: VerifyQueries) -> list[Violation]:
             found.append(
                 Violation("map_items_mismatch", str(instance_id), name, f"{length} results for {items} items")
             )
+    return found
+
+
+def _check_orphans(conn: Connection, q: VerifyQueries) -> list[Violation]:
+    found = []
+    for kind, statement, what in (
+        ("orphaned_event", q.events_orphaned, "events"),
+        ("orphaned_step", q.steps_orphaned, "steps"),
+        ("orphaned_signal", q.signals_orphaned, "signals"),
+    ):
+        found += [
+            Violation(kind, str(i), None, f"{n} {what} of an instance that does not exist")
+            for i, n in conn.execute(statement).all()
+        ]
     return found

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from sqlalchemy import DateTime, Select, bindparam, case, func, or_, select, type_coerce
+from sqlalchemy import DateTime, Select, bindparam, case, exists, func, not_, or_, select, type_coerce
 
 from ....states import UNFINISHED_STATES, EventKind, Status
 from ..dialects import Dialect, dialect_of
-from ..models import events, instances, steps, workflows
+from ..models import events, instances, signals, steps, workflows
 
 
 class VerifyQueries:
@@ -132,6 +133,16 @@ class VerifyQueries:
         self.steps_views: Select = select(
             steps.c.name, steps.c.state, steps.c.action, steps.c.finished_at
         ).where(steps.c.instance_id == bindparam("p_instance_id"))
+        #: Rows whose instance is gone: retention deletes an instance's rows with it, and events
+        #: (which have no foreign key) by hand. Per instance: how many.
+        self.events_orphaned: Select = _orphans(events.c.instance_id)
+        self.steps_orphaned: Select = _orphans(steps.c.instance_id)
+        self.signals_orphaned: Select = _orphans(signals.c.instance_id)
+
+
+def _orphans(instance_id: Any) -> Select:
+    gone = not_(exists().where(instances.c.id == instance_id))
+    return select(instance_id, func.count()).where(gone).group_by(instance_id).order_by(instance_id)
 
 
 @cache
