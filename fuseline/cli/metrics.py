@@ -16,6 +16,7 @@ chosen.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -70,6 +71,9 @@ class MetricsEndpoint:
         if processes > 1:
             self.directory = tempfile.mkdtemp(prefix="fuseline-metrics-")
             os.environ[MULTIPROCESS_ENV] = self.directory
+            # Also when the command stops before close() (a module that fails to load, a port in
+            # use); worker processes leave through os._exit and never run it.
+            atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
         self.server: MetricsServer | None = None
         self.collector: QueueCollector | None = None
 
@@ -79,13 +83,16 @@ class MetricsEndpoint:
 
     def bind(self, url: str, lease_seconds: float, workflows: list[Workflow]) -> None:
         """Bind the port (in use: one line, exit 1) and set up the registry it serves."""
-        from prometheus_client import REGISTRY, CollectorRegistry
+        from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from ..broker.scheduling import scheduling_of
         from ..metrics import MetricsServer, QueueCollector
         from .common import fail
 
+        # The process is the command's: leave out the ``_created`` series of every counter and
+        # histogram, as multiprocess mode does, so both modes show the same series.
+        disable_created_metrics()
         registry = REGISTRY
         if self.directory is not None:
             registry = CollectorRegistry()

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..broker.sql import SqlBroker
     from ..engines.worker import Worker
 from .loading import load_workflow
+from .metrics import DEFAULT_METRICS_HOST, MetricsEndpoint, MetricsHost, MetricsPort, worker_observer
 
 worker_app = typer.Typer(
     help="Run worker processes.\n\nExample: fuseline worker run my_app.flows:etl --concurrency 4",
@@ -48,6 +49,8 @@ class WorkerOptions:
     prefetch: int = 1
     #: The queues to claim from; None: every queue of the workflows.
     queues: tuple[str, ...] | None = None
+    #: Whether the workers count for Prometheus (``--metrics-port``).
+    metrics: bool = False
 
 
 @worker_app.command("run")
@@ -99,6 +102,8 @@ def run(
             "these workflows], e.g. --queue gpu --queue default.",
         ),
     ] = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = DEFAULT_METRICS_HOST,
 ) -> None:
     """Run worker processes for one or more workflows until stopped.
 
@@ -117,6 +122,8 @@ def run(
     Example: fuseline worker run my_app.flows:etl --concurrency 4
 
     Example: fuseline worker run my_app.flows:train --queue gpu
+
+    Example: fuseline worker run my_app.flows:etl --concurrency 4 --metrics-port 9100
     """
     level = log_level.upper()
     if level not in LOG_LEVELS:
@@ -125,9 +132,13 @@ def run(
         )
     wanted_queues = checked_queues(queues)
     retention_seconds = duration_option(ctx, "retention", retention, "--retention")
+    # Before the workflow modules load: they may import prometheus_client, which reads its mode once.
+    metrics = MetricsEndpoint.before_loading(metrics_host, metrics_port, concurrency)
     loaded = [load_workflow(spec) for spec in workflows]
     configure_logging(level)
     check_before_starting(ctx, loaded, lease_seconds)
+    if metrics is not None:  # a port in use is one line and exit 1, before any worker starts
+        metrics.bind(settings(ctx).url, lease_seconds, loaded)
     options = WorkerOptions(
         url=settings(ctx).url,
         specs=tuple(workflows),
@@ -139,6 +150,7 @@ def run(
         prefetch=prefetch,
         retention=retention_seconds or None,
         queues=wanted_queues,
+        metrics=metrics is not None,
     )
     serving = (
         "" if wanted_queues is None else f", {plural('queue', wanted_queues)} {', '.join(wanted_queues)}"
@@ -153,9 +165,17 @@ def run(
     )
     if wanted_queues is not None:
         warn_about_idle_queues(loaded, wanted_queues)
-    if concurrency == 1:
-        raise typer.Exit(work_in_this_process(options, loaded))
-    raise typer.Exit(supervise(options, concurrency))
+    if metrics is None:
+        if concurrency == 1:
+            raise typer.Exit(work_in_this_process(options, loaded))
+        raise typer.Exit(supervise(options, concurrency))
+    try:
+        if concurrency == 1:
+            metrics.start()
+            raise typer.Exit(work_in_this_process(options, loaded))
+        raise typer.Exit(supervise(options, concurrency, started=metrics.start))
+    finally:
+        metrics.close()
 
 
 def checked_queues(queues: list[str] | None) -> tuple[str, ...] | None:
@@ -305,9 +325,14 @@ def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[Sql
     broker = SqlBroker.for_url(
         options.url, lease_seconds=options.lease_seconds, listen=options.listen, retention=options.retention
     )
+    observer = worker_observer() if options.metrics else None
     try:
         return broker, Worker(
-            LocalBrokerClient(broker), workflows, prefetch=options.prefetch, queues=options.queues
+            LocalBrokerClient(broker),
+            workflows,
+            prefetch=options.prefetch,
+            queues=options.queues,
+            observer=observer,
         )
     except BaseException:
         broker.close()
@@ -327,8 +352,9 @@ def _child(options: WorkerOptions) -> None:
     sys.exit(work_in_this_process(options))
 
 
-def supervise(options: WorkerOptions, concurrency: int) -> int:
-    """Start ``concurrency`` worker processes and pass stop signals on to them."""
+def supervise(options: WorkerOptions, concurrency: int, started: Callable[[], None] | None = None) -> int:
+    """Start ``concurrency`` worker processes and pass stop signals on to them; ``started`` is
+    called once they are forked (the metrics endpoint serves from then on)."""
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     children = [
@@ -337,6 +363,8 @@ def supervise(options: WorkerOptions, concurrency: int) -> int:
     ]
     for child in children:
         child.start()
+    if started is not None:
+        started()
 
     def forward(signum: int, _frame: Any) -> None:
         for child in children:

@@ -56,6 +56,8 @@ OPTIONS = [
     (("submit",), "--key"),
     (("submit",), "--priority"),
     (("worker", "run"), "--queue"),
+    (("worker", "run"), "--metrics-port"),
+    (("worker", "run"), "--metrics-host"),
     (("instances", "signal"), "--data"),
     (("instances", "retry"), "--from"),
     (("instances", "list"), "--since"),
