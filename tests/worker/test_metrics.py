@@ -8,7 +8,10 @@ end-to-end test over HTTP with real worker processes is
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,7 @@ from fuseline import Computed, Condition, Depends, FunctionStep, Map, Status, St
 from fuseline.broker import MemoryBroker
 from fuseline.clients import LocalBrokerClient
 from fuseline.engines import Worker
-from fuseline.metrics import WorkerMetrics
+from fuseline.metrics import QueueCollector, WorkerMetrics
 from fuseline.metrics.steps import MeteredClient
 from fuseline.policies import RetryPolicy
 
@@ -211,3 +214,24 @@ def test_without_an_observer_the_worker_talks_to_its_client_directly(broker: Mem
     finally:
         plain.close()
         metered.close()
+
+
+def test_the_grafana_dashboard_queries_only_series_fuseline_exports(
+    broker: MemoryBroker, registry: CollectorRegistry
+) -> None:
+    FLAPPING.dispatch(broker, {})
+    drain(broker, registry, FLAPPING)
+    collector = QueueCollector("sqlite://", dead_after=60)  # never read: describe() only
+    exported = {sample.name for family in registry.collect() for sample in family.samples}
+    exported |= {family.name for family in collector.describe()}
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"fuseline_[a-z_]+", target["expr"])
+    }
+
+    assert queried - exported == set()
+    assert {"fuseline_steps_total", "fuseline_queue_depth", "fuseline_workers_alive"} <= queried
