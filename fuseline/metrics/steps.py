@@ -13,7 +13,8 @@ Every step a worker starts ends in exactly one outcome of
   ran (the heartbeat saw it), or the broker refused the report (lease
   expired, instance cancelled or repaired meanwhile, worker listed dead).
 
-So ``started`` minus the five others is the steps in hand. Whether a failure
+So ``started`` minus the five others is the steps in hand (or stopped at
+once by a second signal). Whether a failure
 is retried is the broker's decision (it keeps the retry count); the worker
 knows the step's ``RetryPolicy`` and the attempt it ran, which is one more
 than the claims before it, and every retry is a claim. An attempt at most

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,12 @@ from fuseline import Computed, Condition, Depends, FunctionStep, Map, Status, St
 from fuseline.broker import MemoryBroker
 from fuseline.clients import LocalBrokerClient
 from fuseline.engines import Worker
+from fuseline.errors import WorkerExpired
 from fuseline.metrics import QueueCollector, WorkerMetrics
 from fuseline.metrics.steps import MeteredClient
 from fuseline.policies import RetryPolicy
+from tests.contract import workflows as wf
+from tests.worker.faults import FaultyClient
 
 OUTCOMES = ("started", "succeeded", "skipped", "failed", "retried", "lost")
 
@@ -235,3 +239,26 @@ def test_the_grafana_dashboard_queries_only_series_fuseline_exports(
 
     assert queried - exported == set()
     assert {"fuseline_steps_total", "fuseline_queue_depth", "fuseline_workers_alive"} <= queried
+
+
+def test_a_result_dropped_because_the_lease_was_lost_counts_as_lost(registry: CollectorRegistry) -> None:
+    """The heartbeat is refused (the worker listed dead): the step in hand is dropped, then run
+    again under the worker's new id once its lease lapses."""
+    wf.reset()
+    broker = MemoryBroker(lease_seconds=1.0)
+    instance = wf.SLEEPY.dispatch(broker, {"seconds": 0.3})
+    client = FaultyClient(broker, keep_alive=[WorkerExpired])
+    worker = Worker(client, [wf.SLEEPY], heartbeat_interval=0.05, observer=WorkerMetrics(registry))
+    deadline = time.monotonic() + 30
+    try:
+        worker.work(
+            block=True,
+            poll_interval=0.05,
+            until=lambda: not broker.has_running_instances() or time.monotonic() > deadline,
+        )
+    finally:
+        worker.close()
+
+    assert broker.get_instance(instance).status is Status.SUCCEEDED
+    sleepy = counts(registry, "contract-sleepy", "sleepy")
+    assert sleepy == {**dict.fromkeys(OUTCOMES, 0), "started": 2, "lost": 1, "succeeded": 1}
