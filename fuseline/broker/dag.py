@@ -95,6 +95,8 @@ class FastReport:
     #: What its consumers record as the predecessors they take results from: this step alone
     #: (JSON, computed once here rather than per report).
     consumed_as: str = field(default="", compare=False)
+    #: A Map item's success: the Map it belongs to (its own statement, no successors).
+    map_item: str | None = None
 
 
 class _Verdict(Enum):

@@ -28,6 +28,8 @@ from .plans import PlanCache
 from .queries.claims import ClaimQueries
 from .queries.explain import ExplainQueries
 from .queries.instances import InstanceQueries
+from .queries.shapes import ShapeQueries
+from .queries.shapes import for_dialect as shape_queries
 from .rows import aware
 
 
@@ -54,7 +56,8 @@ class Explainer:
                 for r in conn.execute(self.instances.steps_of_instances, {"p_instance_ids": [instance_id]})
             }
             workers = conn.execute(self.queries.workers_alive, {"p_dead_after": self.dead_after}).all()
-            step = _StepReasons(conn, self.queries, self.claims, plan, instance, rows, workers)
+            shapes = shape_queries(conn.dialect.name)
+            step = _StepReasons(conn, self.queries, self.claims, plan, instance, rows, workers, shapes)
             return [
                 StepExplanation(name, Status(rows[name].state), *step.why(rows[name]))
                 for name in plan.order
@@ -71,6 +74,7 @@ class _StepReasons:
     instance: Row[Any]
     rows: dict[str, Row[Any]]
     workers: list[Row[Any]]
+    shapes: ShapeQueries
 
     @property
     def now(self) -> datetime:
@@ -99,7 +103,11 @@ class _StepReasons:
             waits = scheduling.wait_for
             timeout = _iso(available) if waits is not None and waits.timeout is not None else None
             child = str(row.child_instance_id) if row.child_instance_id else None
-            return parked_reason(scheduling, row.open_items, child, timeout)
+            open_items = None
+            if scheduling.map is not None:
+                where = {"p_instance_id": row.instance_id, "p_name": row.name}
+                open_items = self.conn.execute(self.shapes.items_open_count, where).scalar_one()
+            return parked_reason(scheduling, open_items, child, timeout)
         if available is not None and available > self.now:
             if row.retries:
                 error = row.error.splitlines()[0] if row.error else "(none)"

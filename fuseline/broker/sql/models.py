@@ -174,6 +174,14 @@ class StepRow(Base):
             postgresql_where=text("state = 'RUNNING' AND concurrency_max IS NOT NULL"),
             sqlite_where=text("state = 'RUNNING' AND concurrency_max IS NOT NULL"),
         ),
+        # The Map items not final yet: whether an item is the last of its map is one look here.
+        Index(
+            "ix_fuseline_steps_open_items",
+            "instance_id",
+            "item_of",
+            postgresql_where=text("item_of IS NOT NULL AND state IN ('PENDING', 'QUEUED', 'RUNNING')"),
+            sqlite_where=text("item_of IS NOT NULL AND state IN ('PENDING', 'QUEUED', 'RUNNING')"),
+        ),
         # The reaper: RUNNING steps whose lease expired.
         Index(
             "ix_fuseline_steps_running_lease",
@@ -234,8 +242,8 @@ class StepRow(Base):
     item: Mapped[str | None] = mapped_column(Text)
     item_of: Mapped[str | None] = mapped_column(Name)
     item_index: Mapped[int | None] = mapped_column(Integer)
-    #: A Map step: its items not final yet (the last one completes the map).
-    open_items: Mapped[int | None] = mapped_column(Integer)
+    #: A Map step: how many items it fanned out (None for other steps).
+    item_count: Mapped[int | None] = mapped_column(Integer)
     #: A SubWorkflow step: the child instance it started.
     child_instance_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
 

@@ -241,6 +241,37 @@ step_succeed_and_queue = _compact(f"""
     SELECT attempt, (SELECT count(*) FROM announced) AS announced FROM done
 """)  # noqa: S608
 
+#: How many other unfinished items a Map item's success counts at most: at that many or
+#: fewer, the reporter checks after its commit whether it was the last (see ``item_succeed``).
+ITEMS_TAIL = 8
+
+#: Accept a Map item's success without the instance lock, so the items of one map are accepted
+#: side by side like separate instances. Returns the other items of its map not final yet (up
+#: to ITEMS_TAIL + 1): those this statement sees. Items finishing at the same moment do not see
+#: each other, so a reporter that sees ITEMS_TAIL or fewer checks again after it commits; the
+#: last to commit then sees none and completes the map (``ShapeRules.complete_map``).
+item_succeed = _compact(f"""
+    WITH done AS (
+        UPDATE fuseline_steps
+           SET state = 'SUCCEEDED', result = %(p_result)s, error = NULL, action = NULL,
+               reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
+               finished_at = clock_timestamp()
+         WHERE instance_id = CAST(%(p_instance_id)s AS uuid) AND name = %(p_name)s
+           AND state = 'RUNNING' AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
+        RETURNING instance_id, attempt
+    ),
+    logged AS (
+        {_LOG_SUCCESS}
+    )
+    SELECT attempt,
+           (SELECT count(*) FROM (SELECT 1 FROM fuseline_steps i
+                                   WHERE i.instance_id = CAST(%(p_instance_id)s AS uuid)
+                                     AND i.item_of = %(p_item_of)s AND i.name <> %(p_name)s
+                                     AND i.state IN ('PENDING', 'QUEUED', 'RUNNING')
+                                   LIMIT {ITEMS_TAIL + 1}) AS open) AS open_items
+      FROM done
+""")  # noqa: S608
+
 #: Accept the success of the step that ends the instance, and end it with its result.
 step_succeed_and_finish = _compact(f"""
     WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD)},

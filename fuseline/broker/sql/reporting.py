@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection
@@ -35,6 +36,7 @@ from ..base import StepAssignment, StepReport
 from ..dag import FastReport, WorkflowPlan
 from ..ids import instance_uuid, worker_uuid
 from ..reports import NO_ERROR_TEXT, reported_state, why_not_held
+from ..scheduling import item_base
 from ..shapes import map_problem
 from . import pg_statements
 from .claiming import Claimer, OneStatementClaims
@@ -82,7 +84,9 @@ class PreparedReport:
             "p_attempt": report.attempt,
             "p_result": self.result,
         }
-        if self.fast is not None and not self.fast.finalizes:
+        if self.fast is not None and self.fast.map_item is not None:
+            params["p_item_of"] = self.fast.map_item
+        elif self.fast is not None and not self.fast.finalizes:
             params.update(
                 p_queue=list(self.fast.queue),
                 p_consumers=list(self.fast.consumers),
@@ -92,6 +96,8 @@ class PreparedReport:
 
     def one_statement(self) -> str:
         assert self.fast is not None
+        if self.fast.map_item is not None:
+            return pg_statements.item_succeed
         return (
             pg_statements.step_succeed_and_finish
             if self.fast.finalizes
@@ -106,9 +112,11 @@ class OneStatementReports:
     db: PostgresDatabase
     claims: OneStatementClaims
 
-    def succeed(self, prepared: PreparedReport) -> bool:
-        """Accept a success; False if the worker does not hold the step (nothing changed)."""
-        return bool(self.db.rows(prepared.one_statement(), prepared.one_statement_params()))
+    def succeed(self, prepared: PreparedReport) -> Any:
+        """Accept a success: its row (for a Map item, with how many of its map's items are left
+        open); None if the worker does not hold the step (nothing changed)."""
+        rows = self.db.rows(prepared.one_statement(), prepared.one_statement_params())
+        return rows[0] if rows else None
 
     def succeed_batch(self, batch: Sequence[PreparedReport]) -> list[bool]:
         """Several successes in one statement and one durable commit; per report, accepted?"""
@@ -192,14 +200,33 @@ class Reporter:
         if report.attempt is None or report.version is None:
             return None
         plan = self.plans.cached((report.workflow_id, report.version))
-        return plan.fast_reports.get(report.step_name) if plan is not None else None
+        if plan is None:
+            return None
+        fast = plan.fast_reports.get(report.step_name)
+        if fast is None and report.step_name not in plan.nodes and plan.knows(report.step_name):
+            return _item_report(item_base(report.step_name))  # a Map item: no lock on its instance
+        return fast
 
     def report(self, worker_id: str, report: StepReport) -> None:
         prepared = self.prepare(worker_id, report)
-        if prepared.fast is not None and self.one_statement.succeed(prepared):  # type: ignore[union-attr]
-            self._forget(prepared)
-            return
+        if prepared.fast is not None:
+            row = self.one_statement.succeed(prepared)  # type: ignore[union-attr]
+            if row is not None:
+                self._forget(prepared)
+                if (
+                    prepared.fast.map_item is not None and row[1] <= pg_statements.ITEMS_TAIL
+                ):  # (attempt, open)
+                    self._complete_maps([prepared])
+                return
         self._general_then_forget(prepared)
+
+    def _complete_maps(self, items: Sequence[PreparedReport]) -> None:
+        """Map items accepted without their instance's lock: whichever was the last of its map
+        completes the map, once its success is committed (see ``pg_statements.item_succeed``)."""
+        assert self.rules.shapes is not None
+        maps = {(p.report.instance_id, p.fast.map_item) for p in items if p.fast and p.fast.map_item}
+        for instance_id, owner in sorted(maps):
+            self.rules.shapes.complete_map(self.db, self.events, instance_id, owner)
 
     def _general_then_forget(self, prepared: PreparedReport) -> None:
         """The general path; afterwards the step's lease is not renewed any more, whether the
@@ -228,6 +255,7 @@ class Reporter:
                     self._forget(prepared[n])
                 else:
                     general.append(n)
+            self._complete_maps([prepared[n] for n, ok in zip(fast, accepted, strict=True) if ok])
         for n in sorted(general):
             try:
                 self._general_then_forget(prepared[n])
@@ -240,7 +268,13 @@ class Reporter:
         serving = self.workers.keys_of(worker_id)
         self.claimer.timers.complete_due(serving.workflows)
         prepared = self.prepare(worker_id, report)
-        if prepared.fast is None or len(serving.keys) != 1 or serving.gated or self.claimer.reaper.due():
+        if (
+            prepared.fast is None
+            or prepared.fast.map_item is not None  # its map may end: the check follows the commit
+            or len(serving.keys) != 1
+            or serving.gated
+            or self.claimer.reaper.due()
+        ):
             self.report(worker_id, report)
             return _first(self.claimer.claim(worker_id, 1))
         assert self.one_statement is not None
@@ -392,3 +426,9 @@ class Reporter:
 
 def _first(assignments: list[StepAssignment]) -> StepAssignment | None:
     return assignments[0] if assignments else None
+
+
+@cache
+def _item_report(owner: str) -> FastReport:
+    """The one-statement form of a success of an item of Map ``owner``."""
+    return FastReport(map_item=owner)

@@ -23,9 +23,11 @@ from ..dag import WorkflowPlan
 from ..dispatching import Dispatch
 from ..scheduling import ChildShape, MapShape, item_base, item_index, item_name
 from ..shapes import child_failure, child_inputs, child_schema, item_failure, signal_refused
+from .database import Database
 from .history import History
 from .plans import PlanCache
 from .queries.claims import ClaimQueries
+from .queries.events import EventQueries
 from .queries.reports import ReportQueries
 from .queries.shapes import ShapeQueries
 
@@ -104,7 +106,7 @@ class ShapeRules:
         ]
         conn.execute(self.queries.items_insert, rows)
         conn.execute(
-            self.queries.map_open, {"p_instance_id": instance_id, "p_name": name, "p_open": len(rows)}
+            self.queries.map_count, {"p_instance_id": instance_id, "p_name": name, "p_count": len(rows)}
         )
         for row in rows:
             history.add(instance_id, EventKind.QUEUED, row["name"])
@@ -169,26 +171,53 @@ class ShapeRules:
         error: str | None,
         history: History,
     ) -> None:
-        """A Map item is final: the last success completes the map, a failure fails it."""
+        """A Map item is final: a failure fails the map, the last success completes it. An item
+        still running in another transaction counts as open: its reporter completes the map."""
         owner = item_base(item)
-        where = {"p_instance_id": instance_id, "p_name": owner}
         if state in (Status.SUCCEEDED, Status.SKIPPED):
-            left = conn.execute(self.queries.map_item_done, where).first()
-            if left is None or left.open_items != 0:
+            if conn.execute(self.queries.items_open, {"p_instance_id": instance_id, "p_name": owner}).first():
                 return
-            texts = conn.execute(self.queries.items_results, where).scalars().all()
-            result = "[" + ",".join(t or "null" for t in texts) + "]"
-            if len(result.encode()) > self.max_result_bytes:
-                size, limit = len(result.encode()), self.max_result_bytes
-                error = f"the results of its items take {size:,} bytes; the limit is {limit:,}"
-                self.finish(conn, instance_id, plan, owner, Status.FAILED, None, error, history)
-                return
-            self.finish(conn, instance_id, plan, owner, Status.SUCCEEDED, result, None, history)
+            self._complete_map(conn, instance_id, plan, owner, history)
             return
+        where = {"p_instance_id": instance_id, "p_name": owner}
         for row in conn.execute(self.queries.items_cancel_unstarted, where).all():
             history.add(instance_id, EventKind.CANCELLED, row.name, row.attempt)
         failure = item_failure(item_index(item) or 0, error)
         self.finish(conn, instance_id, plan, owner, Status.FAILED, None, failure, history)
+
+    def complete_map(self, db: Database, events: EventQueries, instance_id: str, owner: str) -> bool:
+        """After an item's success was committed without the instance lock: complete its map if
+        no item is left (the last reporter to commit sees none). False if it was not the last."""
+        where = {"p_instance_id": instance_id, "p_name": owner}
+        with db.transaction() as conn:
+            if conn.execute(self.queries.items_open, where).first():
+                return False
+            locked = conn.execute(self.reports.instance_lock, where).first()
+            if locked is None or Status(locked.status) is not Status.RUNNING:
+                return False
+            plan = self.plans.get(conn, (locked.workflow_id, locked.version))
+            history = History()
+            done = self._complete_map(conn, instance_id, plan, owner, history)
+            history.write(conn, events)
+        return done
+
+    def _complete_map(
+        self, conn: Connection, instance_id: str, plan: WorkflowPlan, owner: str, history: History
+    ) -> bool:
+        """No item of the map is left (caller holds the instance lock): end it with the results
+        in item order, or FAILED naming the first item that failed."""
+        where = {"p_instance_id": instance_id, "p_name": owner}
+        broken = conn.execute(self.queries.items_failed, where).first()
+        if broken is not None:
+            failure = item_failure(item_index(broken.name) or 0, broken.error)
+            return self.finish(conn, instance_id, plan, owner, Status.FAILED, None, failure, history)
+        texts = conn.execute(self.queries.items_results, where).scalars().all()
+        result = "[" + ",".join(t or "null" for t in texts) + "]"
+        if len(result.encode()) > self.max_result_bytes:
+            size, limit = len(result.encode()), self.max_result_bytes
+            error = f"the results of its items take {size:,} bytes; the limit is {limit:,}"
+            return self.finish(conn, instance_id, plan, owner, Status.FAILED, None, error, history)
+        return self.finish(conn, instance_id, plan, owner, Status.SUCCEEDED, result, None, history)
 
     def instance_ended(self, conn: Connection, instance_id: str, status: Status, history: History) -> None:
         """A child instance finished: its SubWorkflow step ends with it (parent locked after child)."""

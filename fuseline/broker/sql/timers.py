@@ -27,6 +27,8 @@ from .rules import InstanceRules
 
 #: Seconds between two looks for due sleeps by one broker: a Sleep ends at most this late.
 INTERVAL = 0.2
+#: Seconds between two looks for maps whose items are all done but that are still waiting.
+MAPS_INTERVAL = 2.0
 #: At most this many sleeps completed per workflow per look.
 BATCH = 100
 
@@ -39,6 +41,7 @@ class Timers:
     rules: InstanceRules
     plans: PlanCache
     _next: float = field(default=0.0, init=False)
+    _next_maps: float = field(default=0.0, init=False)
 
     def complete_due(self, workflows: Iterable[tuple[str, str]]) -> int:
         """Complete the due sleeps of these (workflow_id, version), when a look is due; how many."""
@@ -47,7 +50,11 @@ class Timers:
             return 0
         self._next = now + INTERVAL
         done = 0
-        for workflow_id, version in dict.fromkeys(workflows):
+        workflows = list(dict.fromkeys(workflows))
+        if now >= self._next_maps:
+            self._next_maps = now + MAPS_INTERVAL
+            done += self._complete_maps(workflows)
+        for workflow_id, version in workflows:
             plan = self.plans.cached((workflow_id, version))
             if plan is not None and not plan.scheduling.sleeps:
                 continue  # no Sleep in this workflow: no transaction to look for one
@@ -55,6 +62,23 @@ class Timers:
             with self.db.transaction() as conn:
                 due = conn.execute(self.reports.steps_due_timers, params).all()
             done += sum(self._complete(row) for row in due)
+        return done
+
+    def _complete_maps(self, workflows: Iterable[tuple[str, str]]) -> int:
+        """Maps none of whose items is left: their last item's reporter died between its commit
+        and its check. Rare, so looked for only every MAPS_INTERVAL seconds."""
+        shapes = self.rules.shapes
+        done = 0
+        for workflow_id, version in workflows:
+            plan = self.plans.cached((workflow_id, version))
+            if shapes is None or plan is None or not any(s.map for s in plan.scheduling.steps.values()):
+                continue
+            params = {"p_workflow_id": workflow_id, "p_version": version, "p_limit": BATCH}
+            with self.db.transaction() as conn:
+                waiting = conn.execute(shapes.queries.maps_done, params).all()
+            done += sum(
+                shapes.complete_map(self.db, self.events, str(r.instance_id), r.name) for r in waiting
+            )
         return done
 
     def _complete(self, row: Row) -> bool:

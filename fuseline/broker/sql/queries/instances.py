@@ -32,7 +32,7 @@ RUNNING = Status.RUNNING.value
 #: What a step's retry clears: its outcome, the lease of its last attempt, its timestamps.
 _CLEARED_BY_RETRY = (
     *("result", "error", "action", "inputs_from", "worker_id", "reported_by"),
-    *("lease_expires_at", "started_at", "finished_at", "open_items", "child_instance_id"),
+    *("lease_expires_at", "started_at", "finished_at", "item_count", "child_instance_id"),
 )
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import Delete, Insert, Select, Update, bindparam, delete, insert, select, update
+from sqlalchemy import Delete, Insert, Select, Update, bindparam, delete, func, insert, select, update
 
 from ....states import Status
-from ...scheduling import SIGNALS_QUEUE
+from ...scheduling import MAPS_QUEUE, SIGNALS_QUEUE
 from ..dialects import Dialect, dialect_of
 from ..models import instances, signals, steps
 
 QUEUED = Status.QUEUED.value
 UNSTARTED = (Status.PENDING.value, Status.QUEUED.value)
+UNFINISHED = (Status.PENDING.value, Status.QUEUED.value, Status.RUNNING.value)
+BROKEN = (Status.FAILED.value, Status.CANCELLED.value)
 
 
 class ShapeQueries:
@@ -29,22 +31,60 @@ class ShapeQueries:
         )
         #: A Map's items, QUEUED at once (one multi-row insert).
         self.items_insert: Insert = insert(steps).values(available_at=now)
-        #: How many items a Map waits for.
-        self.map_open: Update = (
+        #: How many items a Map fanned out.
+        self.map_count: Update = (
             update(steps)
             .where(steps.c.instance_id == bindparam("p_instance_id"), steps.c.name == bindparam("p_name"))
-            .values(open_items=bindparam("p_open"))
+            .values(item_count=bindparam("p_count"))
         )
-        #: One item final: one fewer to wait for (the Map is still waiting: QUEUED).
-        self.map_item_done: Update = (
-            update(steps)
+        #: How many of a Map's items are not final yet (for explain).
+        self.items_open_count: Select = select(func.count()).where(
+            steps.c.instance_id == bindparam("p_instance_id"),
+            steps.c.item_of == bindparam("p_name"),
+            steps.c.state.in_(UNFINISHED),
+        )
+        open_item = (
+            select(steps.c.id)
             .where(
                 steps.c.instance_id == bindparam("p_instance_id"),
-                steps.c.name == bindparam("p_name"),
-                steps.c.state == QUEUED,
+                steps.c.item_of == bindparam("p_name"),
+                steps.c.state.in_(UNFINISHED),
             )
-            .values(open_items=steps.c.open_items - 1)
-            .returning(steps.c.open_items)
+            .limit(1)
+        )
+        #: Whether a Map still has an item not final (its partial index answers).
+        self.items_open: Select = open_item
+        #: The first of a Map's items that failed or was cancelled.
+        self.items_failed: Select = (
+            select(steps.c.name, steps.c.error)
+            .where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                steps.c.item_of == bindparam("p_name"),
+                steps.c.state.in_(BROKEN),
+            )
+            .order_by(steps.c.finished_at, steps.c.id)
+            .limit(1)
+        )
+        maps = steps.alias("maps")
+        items = steps.alias("items")
+        #: Maps of a workflow still waiting though none of their items is left: their last item's
+        #: reporter died between its commit and its check (the timers complete them).
+        self.maps_done: Select = (
+            select(maps.c.instance_id, maps.c.name)
+            .where(
+                maps.c.workflow_id == bindparam("p_workflow_id"),
+                maps.c.version == bindparam("p_version"),
+                maps.c.state == QUEUED,
+                maps.c.queue == MAPS_QUEUE,
+                ~select(items.c.id)
+                .where(
+                    items.c.instance_id == maps.c.instance_id,
+                    items.c.item_of == maps.c.name,
+                    items.c.state.in_(UNFINISHED),
+                )
+                .exists(),
+            )
+            .limit(bindparam("p_limit"))
         )
         #: The items' results, in item order.
         self.items_results: Select = (

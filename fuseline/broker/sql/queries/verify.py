@@ -123,7 +123,7 @@ class VerifyQueries:
         )
         #: Map steps that succeeded, with their result, to compare with their items.
         self.maps_succeeded: Select = select(steps.c.instance_id, steps.c.name, steps.c.result).where(
-            steps.c.open_items.is_not(None), steps.c.state == Status.SUCCEEDED.value
+            steps.c.item_count.is_not(None), steps.c.state == Status.SUCCEEDED.value
         )
         self.items_per_map: Select = (
             select(steps.c.instance_id, steps.c.item_of, func.count())
