@@ -291,3 +291,18 @@ def test_cancelling_the_parent_cancels_its_child(broker):
 
     assert broker.get_instance(child_id).status is Status.CANCELLED
     assert broker.get_step(worker) is None
+
+
+@pytest.mark.parametrize("prefetch", [1, 4])
+def test_a_worker_engine_drains_a_map_alone_or_in_batches(broker, make_engine, prefetch):
+    instance_id = shapes.MAPPED.dispatch(broker, {"n": 13})  # item 13 would fail
+
+    make_engine(broker, shapes.MAPPED, prefetch=prefetch).work()
+
+    info = broker.get_instance(instance_id)
+    assert info.status is Status.SUCCEEDED, info.error
+    assert info.result == {"values": [i * i for i in range(13)], "sum": sum(i * i for i in range(13))}
+    succeeded = [
+        e for e in broker.instance_events(instance_id) if e.kind == "succeeded" and e.step_name == "squares"
+    ]
+    assert len(succeeded) == 1

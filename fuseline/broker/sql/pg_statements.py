@@ -300,12 +300,13 @@ steps_succeed_batch = _compact(f"""
         SELECT * FROM unnest(CAST(%(p_ns)s AS integer[]), CAST(%(p_instance_ids)s AS uuid[]),
                              CAST(%(p_workflow_ids)s AS text[]), CAST(%(p_versions)s AS text[]),
                              CAST(%(p_names)s AS text[]), CAST(%(p_attempts)s AS integer[]),
-                             CAST(%(p_results)s AS text[]), CAST(%(p_finishes)s AS boolean[]))
-               AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes)
+                             CAST(%(p_results)s AS text[]), CAST(%(p_finishes)s AS boolean[]),
+                             CAST(%(p_items_of)s AS text[]))
+               AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes, item_of)
     ),
     locked AS MATERIALIZED (
         SELECT i.id, i.parent_instance_id FROM fuseline_instances i
-         WHERE i.id IN (SELECT instance_id FROM r)
+         WHERE i.id IN (SELECT instance_id FROM r WHERE item_of IS NULL)
            AND (i.id, i.workflow_id, i.version) IN (SELECT instance_id, workflow_id, version FROM r)
          ORDER BY i.id
            FOR NO KEY UPDATE
@@ -317,11 +318,12 @@ steps_succeed_batch = _compact(f"""
                finished_at = clock_timestamp()
           FROM r
          WHERE s.instance_id = r.instance_id AND s.name = r.name
-           AND r.instance_id IN (SELECT id FROM locked
-                                  WHERE NOT r.finishes OR parent_instance_id IS NULL)
+           AND (r.item_of IS NOT NULL  -- a Map item: no instance lock, as in item_succeed
+                OR r.instance_id IN (SELECT id FROM locked
+                                      WHERE NOT r.finishes OR parent_instance_id IS NULL))
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
-        RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes
+        RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes, r.item_of
     ),
     queued AS (
         UPDATE fuseline_steps s
@@ -355,7 +357,15 @@ steps_succeed_batch = _compact(f"""
     announced AS (
         SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
     )
-    SELECT n, (SELECT count(*) FROM announced) FROM done
+    SELECT n, (SELECT count(*) FROM announced),
+           CASE WHEN item_of IS NOT NULL THEN
+               (SELECT count(*) FROM (SELECT 1 FROM fuseline_steps i
+                                       WHERE i.instance_id = done.instance_id
+                                         AND i.item_of = done.item_of AND i.name <> done.name
+                                         AND i.state IN ('PENDING', 'QUEUED', 'RUNNING')
+                                       LIMIT {ITEMS_TAIL + 1}) AS open)
+           END AS open_items
+      FROM done
 """)  # noqa: S608
 
 #: Create instances (ids, inputs, urgencies, delays and times as parallel arrays) with all their

@@ -53,7 +53,7 @@ from .workers import WorkerRegistry
 #: The parallel arrays of ``steps_succeed_batch``.
 _BATCH_ARRAYS = (
     *("p_ns", "p_instance_ids", "p_workflow_ids", "p_versions", "p_names", "p_attempts", "p_results"),
-    *("p_finishes", "p_q_ns", "p_q_names", "p_q_consumers", "p_q_inputs_from"),
+    *("p_finishes", "p_q_ns", "p_q_names", "p_q_consumers", "p_q_inputs_from", "p_items_of"),
 )
 
 
@@ -118,8 +118,9 @@ class OneStatementReports:
         rows = self.db.rows(prepared.one_statement(), prepared.one_statement_params())
         return rows[0] if rows else None
 
-    def succeed_batch(self, batch: Sequence[PreparedReport]) -> list[bool]:
-        """Several successes in one statement and one durable commit; per report, accepted?"""
+    def succeed_batch(self, batch: Sequence[PreparedReport]) -> list[tuple[bool, int | None]]:
+        """Several successes in one statement and one durable commit; per report, whether it was
+        accepted and, for a Map item, how many of its map's items this statement saw open."""
         arrays: dict[str, list[Any]] = {name: [] for name in _BATCH_ARRAYS}
         for n, prepared in enumerate(batch):
             report, fast = prepared.report, prepared.fast
@@ -132,21 +133,22 @@ class OneStatementReports:
             arrays["p_attempts"].append(report.attempt)
             arrays["p_results"].append(prepared.result)
             arrays["p_finishes"].append(fast.finalizes)
+            arrays["p_items_of"].append(fast.map_item)
             for successor in fast.queue:
                 arrays["p_q_ns"].append(n)
                 arrays["p_q_names"].append(successor)
                 arrays["p_q_consumers"].append(successor in fast.consumers)
                 arrays["p_q_inputs_from"].append(fast.consumed_as)
         rows = self.db.rows(pg_statements.steps_succeed_batch, {"p_worker_id": batch[0].worker_id, **arrays})
-        accepted = {row[0] for row in rows}
-        return [n in accepted for n in range(len(batch))]
+        accepted = {row[0]: row[2] for row in rows}  # n -> a Map item's open items (else None)
+        return [(n in accepted, accepted.get(n)) for n in range(len(batch))]
 
     def succeed_then_claim(
         self, prepared: PreparedReport, key: tuple[str, str, str], floor: Any
-    ) -> tuple[bool, ClaimRow | None]:
+    ) -> tuple[Any, ClaimRow | None]:
         """A success and the same worker's next claim (taken only if the report was accepted),
         in one transaction and one round trip. The claim sees the successors the report queued,
-        and the transaction commits durably, once."""
+        and the transaction commits durably, once. Returns the report's row (None: refused)."""
         claim = {
             **self.claims.params(prepared.worker_id, [key], [floor]),
             "p_instance_id": prepared.report.instance_id,
@@ -159,7 +161,7 @@ class OneStatementReports:
                 (pg_statements.step_claim_after_report, claim),
             ]
         )
-        return bool(reported), ClaimRow.of(claimed[0]) if claimed else None
+        return (reported[0] if reported else None), ClaimRow.of(claimed[0]) if claimed else None
 
 
 @dataclass
@@ -250,12 +252,15 @@ class Reporter:
             # Instance order, so two batches lock instances in the same order (no deadlock).
             fast.sort(key=lambda n: str(prepared[n].report.instance_id))
             accepted = self.one_statement.succeed_batch([prepared[n] for n in fast])
-            for n, ok in zip(fast, accepted, strict=True):
+            tail = []
+            for n, (ok, open_items) in zip(fast, accepted, strict=True):
                 if ok:
                     self._forget(prepared[n])
+                    if open_items is not None and open_items <= pg_statements.ITEMS_TAIL:
+                        tail.append(prepared[n])
                 else:
                     general.append(n)
-            self._complete_maps([prepared[n] for n, ok in zip(fast, accepted, strict=True) if ok])
+            self._complete_maps(tail)
         for n in sorted(general):
             try:
                 self._general_then_forget(prepared[n])
@@ -268,13 +273,7 @@ class Reporter:
         serving = self.workers.keys_of(worker_id)
         self.claimer.timers.complete_due(serving.workflows)
         prepared = self.prepare(worker_id, report)
-        if (
-            prepared.fast is None
-            or prepared.fast.map_item is not None  # its map may end: the check follows the commit
-            or len(serving.keys) != 1
-            or serving.gated
-            or self.claimer.reaper.due()
-        ):
+        if prepared.fast is None or len(serving.keys) != 1 or serving.gated or self.claimer.reaper.due():
             self.report(worker_id, report)
             return _first(self.claimer.claim(worker_id, 1))
         assert self.one_statement is not None
@@ -298,6 +297,8 @@ class Reporter:
             self.held.hand(worker_id, [claimed])
             return claimed
         self._forget(prepared)
+        if prepared.fast.map_item is not None and accepted[1] <= pg_statements.ITEMS_TAIL:
+            self._complete_maps([prepared])  # (attempt, open items): it may have been the last
         if row is None:
             return _first(self.claimer.claim(worker_id, 1))
         claimed = row.assignment()
