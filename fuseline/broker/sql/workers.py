@@ -161,9 +161,9 @@ class WorkerRegistry:
         handed = self.held.snapshot(worker_id)
         params = {"p_worker_id": worker_id, "p_lease_seconds": self.lease_seconds}
         with self.db.transaction() as conn:
-            beat = conn.execute(self.queries.worker_heartbeat, {**params, "p_dead_after": self.dead_after})
-            if beat.rowcount == 0:
-                self._refuse(conn, worker_id)
+            # Steps first, then the worker row: the order of a report followed by a claim (the
+            # step, then the worker's row as the claim sees it), so this beat and the worker's
+            # own report never wait for each other in a cycle. A refusal rolls the leases back.
             if handed is None:
                 rows = conn.execute(self.leases.steps_extend_leases, params).all()
             elif handed:
@@ -171,6 +171,9 @@ class WorkerRegistry:
                 rows = conn.execute(self.leases.steps_extend_held_leases, held).all()
             else:
                 rows = []
+            beat = conn.execute(self.queries.worker_heartbeat, {**params, "p_dead_after": self.dead_after})
+            if beat.rowcount == 0:
+                self._refuse(conn, worker_id)
         if handed is not None:
             self.held.keep_only(worker_id, handed, {(str(r.instance_id), r.name, r.attempt) for r in rows})
         return [Lease(r.instance_id, r.name, r.attempt, aware(r.lease_expires_at)) for r in rows]  # type: ignore[arg-type]
