@@ -2,12 +2,13 @@
 
 One PostgreSQL database is created per test session (uniquely named, dropped
 at the end) and migrated to head; each test that uses it starts from empty
-tables. SQLite tests get a fresh file each.
+tables. SQLite tests get a fresh file each (a copy of one migrated per session).
 """
 
 from __future__ import annotations
 
 import compileall
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -86,6 +87,27 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'fuseline.db'}"
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session (closed: no WAL file left beside it)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "fuseline.db"
+    SqlBroker(f"sqlite:///{path}", migrate=True).close()
+    assert not path.with_name(path.name + "-wal").exists(), "the template was not checkpointed"
+    return path
+
+
+@pytest.fixture
+def migrated_sqlite_url(sqlite_url: str, sqlite_template: Path) -> str:
+    """``sqlite_url`` with its file already migrated to head: a copy of the session's template.
+
+    The same empty tables as migrating a new file gives, without running every migration
+    again for each of the hundreds of SQLite tests (some 65 ms each). Migrating a new file
+    is what tests/sql/test_sql_migrations.py and the CLI's ``db`` tests check.
+    """
+    shutil.copyfile(sqlite_template, sqlite_url.removeprefix("sqlite:///"))
+    return sqlite_url
+
+
 def url_text(url: URL | str) -> str:
     """A URL as text with its password, for handing to subprocesses."""
     return url.render_as_string(hide_password=False) if isinstance(url, URL) else url
@@ -106,11 +128,11 @@ def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBrok
 
 
 @pytest.fixture
-def broker_factory_sqlite(sqlite_url: str) -> Iterator[Callable[..., SqlBroker]]:
+def broker_factory_sqlite(migrated_sqlite_url: str) -> Iterator[Callable[..., SqlBroker]]:
     brokers: list[SqlBroker] = []
 
     def make(**options: object) -> SqlBroker:
-        broker = SqlBroker(sqlite_url, migrate=True, **options)  # type: ignore[arg-type]
+        broker = SqlBroker(migrated_sqlite_url, migrate=True, **options)  # type: ignore[arg-type]
         brokers.append(broker)
         return broker
 

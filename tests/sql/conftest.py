@@ -23,8 +23,7 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """A migrated database with empty fuseline tables, as URL text (password included)."""
     if request.param == "postgres":
         return url_text(request.getfixturevalue("postgres_url"))
-    url: str = request.getfixturevalue("sqlite_url")
-    SqlBroker(url, migrate=True).close()
+    url: str = request.getfixturevalue("migrated_sqlite_url")
     return url
 
 
