@@ -1,12 +1,12 @@
 """Idempotency keys under a race: eight OS processes dispatch one key at the same moment.
 
-Each process opens its own broker, waits for a shared start time, and
-dispatches ``key="order-42"``. With equal inputs all eight must get the same
-instance id; with two different inputs (half each) exactly one instance
-exists, the processes with its inputs get its id and the others a
-KeyConflict naming it. The unique index on ``(workflow_id, key)`` is the
-only thing that can make this hold: a check-then-insert would let several
-through.
+Each process opens its own broker, says it is ready, waits for a shared start
+time (sent once all eight are ready), and dispatches ``key="order-42"``. With
+equal inputs all eight must get the same instance id; with two different
+inputs (half each) exactly one instance exists, the processes with its inputs
+get its id and the others a KeyConflict naming it. The unique index on
+``(workflow_id, key)`` is the only thing that can make this hold: a
+check-then-insert would let several through.
 """
 
 from __future__ import annotations
@@ -29,19 +29,25 @@ pytestmark = pytest.mark.slow
 PROCESSES = 8
 KEY = "order-42"
 
-#: One dispatcher: open a broker, wait for the start time, dispatch, print the outcome as JSON.
+#: Seconds from the last process saying it is ready to the start time: time to hand it to all.
+START_MARGIN = 0.5
+
+#: One dispatcher: open a broker, say so, read the start time, wait for it, dispatch, print the
+#: outcome as JSON.
 DISPATCHER = """
 import json, sys, time
 from fuseline.broker.sql import SqlBroker
 from fuseline.errors import KeyConflict
 from tests.contract.workflows import SINGLE as single
 
-url, start, x = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+url, x = sys.argv[1], int(sys.argv[2])
 broker = SqlBroker(url)
 schema = single.to_schema()
+print("ready", flush=True)
+start = float(sys.stdin.readline())
 time.sleep(max(0.0, start - time.time()))
 try:
-    outcome = {"id": broker.dispatch_workflow(schema, {"x": x}, key=sys.argv[4])}
+    outcome = {"id": broker.dispatch_workflow(schema, {"x": x}, key=sys.argv[3])}
 except KeyConflict as conflict:
     outcome = {"conflict": conflict.existing_id}
 broker.close()
@@ -50,10 +56,10 @@ print(json.dumps(outcome))
 
 
 def dispatch_at_once(db_url: str, inputs: list[int]) -> list[dict[str, str]]:
-    start = time.time() + 4.0  # every process has opened its broker by then
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", DISPATCHER, db_url, str(start), str(x), KEY],
+            [sys.executable, "-c", DISPATCHER, db_url, str(x), KEY],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -61,6 +67,20 @@ def dispatch_at_once(db_url: str, inputs: list[int]) -> list[dict[str, str]]:
         )
         for x in inputs
     ]
+    try:
+        for process in processes:  # every process has opened its broker ...
+            said = process.stdout.readline()  # type: ignore[union-attr]
+            if said != "ready\n":
+                process.wait(timeout=60)
+                raise AssertionError(f"a dispatcher said {said!r}: {process.stderr.read()}")  # type: ignore[union-attr]
+        start = time.time() + START_MARGIN  # ... and gets the same start time
+        for process in processes:
+            process.stdin.write(f"{start!r}\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
     outcomes = []
     for process in processes:
         out, err = process.communicate(timeout=120)
