@@ -40,9 +40,11 @@ def test_installed_wheel_migrates_and_runs_a_workflow(tmp_path: Path) -> None:
     (wheel,) = dist.glob("fuseline-*.whl")
 
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)], tmp_path, 120)
+    # No pip of its own (ensurepip takes seconds): this environment's pip installs into it.
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], tmp_path, 120)
     python = venv / "bin" / "python"
-    run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], tmp_path, 300)
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    run([*pip, "install", "--quiet", str(wheel)], tmp_path, 300)
 
     project = tmp_path / "project"
     project.mkdir()
