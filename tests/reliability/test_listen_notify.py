@@ -51,7 +51,7 @@ LISTEN_QUERY = "LISTEN fuseline_work"
 #: Pickups measured per run (p99 of 30 is the slowest one: nearest rank).
 SAMPLES = 30
 #: Polling only: a short interval, so "interval + 1 s" is a meaningful bound.
-POLL_ONLY_INTERVAL = 0.5
+POLL_ONLY_INTERVAL = 0.25
 #: Listening: an interval far longer than a NOTIFY wake-up takes.
 LISTENING_INTERVAL = 5.0
 #: A pickup woken by NOTIFY (dispatch, wake-up, claim, start of the step).
