@@ -125,7 +125,7 @@ class ScheduleChaos:
     kills: int
 
 
-SCHEDULES = ScheduleChaos(workers=pick(4, 8), seconds=pick(15.0, 60.0), kills=pick(1, 2))
+SCHEDULES = ScheduleChaos(workers=pick(4, 8), seconds=pick(10.0, 60.0), kills=pick(1, 2))
 
 _report_lock = threading.Lock()
 

@@ -1,6 +1,6 @@
 """Chaos (issue 12): an ``--every 1`` schedule fired by worker processes, some SIGKILLed midway.
 
-Scaled (``make test``): 4 workers for 15 s, one SIGKILLed halfway. Full
+Scaled (``make test``): 4 workers for 10 s, one SIGKILLed halfway. Full
 (``make chaos``): 8 workers for 60 s, two SIGKILLed halfway. No extra daemon
 fires the schedule: the workers' claims do. Every tick between the first and
 the last one fired must have exactly one instance (its key ``tick@TIME``),
