@@ -1,6 +1,9 @@
 """``fuseline db check``, ``db upgrade --sql``, ``db prune`` and ``worker run --retention``.
 
-Instances are made old by moving their ``finished_at`` back with SQL.
+Instances are made old by moving their ``finished_at`` back with SQL. The migration
+commands run on both backends (their migrations differ); pruning reaches the database
+only through the broker, whose retention tests/sql/test_sql_retention.py checks on
+both, so its commands run on one backend each, split between PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sqlalchemy as sa
 from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.migrate import HEAD_REVISION, REVISIONS
 from fuseline.broker.sql.models import instances, schedules
+from tests.cli.conftest import on_backend
 from tests.cli.helpers import Cli, assert_one_line_error, wait_for
 from tests.cli.test_cli_db import fresh_cli  # noqa: F401 - a fixture: a database without tables
 
@@ -99,6 +103,7 @@ def test_upgrade_sql_of_a_range_reads_no_database(fresh_cli: Cli) -> None:  # no
         assert tables(cli) == set()
 
 
+@on_backend("postgres")
 def test_prune_dry_run_changes_nothing_and_prune_deletes_what_it_counted(cli: Cli) -> None:
     ids = [cli.submit("flows:diamond", "--input", f"x={n}") for n in range(3)]
     cli.burst("flows:diamond")
@@ -133,6 +138,7 @@ def test_prune_dry_run_changes_nothing_and_prune_deletes_what_it_counted(cli: Cl
     assert cli.json("db", "prune")["instances"] == 0
 
 
+@on_backend("sqlite")
 def test_a_running_worker_prunes_what_finished_longer_ago_than_its_retention(cli: Cli) -> None:
     old = [cli.submit("flows:diamond", "--input", f"x={n}") for n in range(2)]
     cli.burst("flows:diamond")
@@ -159,6 +165,7 @@ def test_bad_durations_are_one_line_usage_errors(sqlite_cli: Cli) -> None:
     assert cli.json("db", "prune", "--older-than", "0")["instances"] == 0
 
 
+@on_backend("postgres")
 def test_schedules_list_shows_a_last_instance_that_was_pruned(cli: Cli) -> None:
     cli.ok("schedules", "add", "flows:diamond", "--every", "1h", "--name", "hourly", "--input", "x=1")
     gone = str(uuid.uuid4())
