@@ -11,9 +11,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
+
+from fuseline.broker.sql.engine import create_database_engine
+from fuseline.broker.sql.models import instances
 
 SCRIPT = Path(sys.executable).parent / "fuseline"
 FLOWS = Path(__file__).with_name("flows.py")
@@ -193,6 +198,36 @@ class Cli:
         started = Background(proc, stderr_path, stdout_path)
         self.background.append(started)
         return started
+
+    def database_url(self) -> str | None:
+        """The database as a URL; None where the SQLite default has not been created."""
+        if self.url is not None:
+            return self.url
+        default = self.cwd / "fuseline.db"
+        return f"sqlite:///{default}" if default.exists() else None
+
+    def rows(self, table: sa.Table) -> list[sa.Row[Any]]:
+        """Every row of ``table``, read from the database itself, not through a ``fuseline`` process:
+        for what a test checks was stored (or not), and for waiting. [] where the SQLite default
+        does not exist. Each ``fuseline`` command costs a process start (some 0.6 s of CPU)."""
+        url = self.database_url()
+        if url is None:
+            return []
+        engine = create_database_engine(url)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.select(table)).all())
+        finally:
+            engine.dispose()
+
+    def wait_for_status(self, instance_ids: Iterable[str], status: str, timeout: float, what: str) -> None:
+        """Wait until every one of ``instance_ids`` has ``status``, reading the database directly."""
+        wanted = set(instance_ids)
+
+        def reached() -> bool:
+            return wanted <= {row.id for row in self.rows(instances) if row.status == status}
+
+        wait_for(reached, timeout, what)
 
     def start_worker(self, *args: str) -> Background:
         worker = self.start("worker", "run", *args, "--poll-interval", "0.1")

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from fuseline.broker.sql.models import instances, workers
 from tests.cli.conftest import on_backend
 from tests.cli.control import event_times, reasons, with_control_flows
 from tests.cli.helpers import Cli, assert_one_line_error
@@ -143,7 +144,7 @@ def test_bad_dispatch_options_are_usage_errors_and_write_nothing(
     assert proc.stdout == ""
     if cli.backend == "sqlite":
         assert not (cli.cwd / "fuseline.db").exists(), "a usage mistake touched the database"
-    assert cli.json("instances", "list") == []
+    assert cli.rows(instances) == []
 
 
 @pytest.mark.parametrize("queue", ["g pu", "", "x" * 101, "gpu/1"])
@@ -156,4 +157,4 @@ def test_a_bad_queue_name_is_a_usage_error(cli: Cli, queue: str) -> None:
     assert proc.stdout == ""
     if cli.backend == "sqlite":
         assert not (cli.cwd / "fuseline.db").exists(), "a usage mistake touched the database"
-    assert cli.json("workers", "list", "--all") == []
+    assert cli.rows(workers) == []

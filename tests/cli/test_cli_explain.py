@@ -47,7 +47,7 @@ def test_a_running_step_and_a_waiting_one(cli: Cli) -> None:
     assert "waiting for wait_for_gate" in table
 
     gate.touch()
-    wait_for(lambda: cli.show(instance_id)["status"] == "SUCCEEDED", 30, "the instance to succeed")
+    cli.wait_for_status([instance_id], "SUCCEEDED", 30, "the instance to succeed")
     finished = cli.ok("instances", "explain", instance_id)
     assert finished.stdout.strip() == f"instance {instance_id} is SUCCEEDED: no step is waiting or running"
     assert cli.json("instances", "explain", instance_id) == []
@@ -67,8 +67,7 @@ def test_a_step_queued_behind_a_busy_worker(cli: Cli) -> None:
     assert reasons(cli.json("instances", "explain", first))[0] == ("wait_for_gate", "RUNNING", "running")
     busy.touch()
     queued.touch()
-    for instance_id in (first, second):
-        wait_for(lambda i=instance_id: cli.show(i)["status"] == "SUCCEEDED", 30, "the instances to succeed")
+    cli.wait_for_status([first, second], "SUCCEEDED", 30, "the instances to succeed")
 
 
 @pytest.mark.parametrize("instance_id", [UNKNOWN_ID, "not-a-uuid"])

@@ -67,8 +67,7 @@ def test_a_step_concurrency_limit_holds_the_second_instance_back(cli: Cli) -> No
     gates[running].touch()
     wait_for(lambda: len(started()) == 2, 20, "the second instance to start")
     gates[held].touch()
-    for instance_id in gates:
-        wait_for(lambda i=instance_id: cli.show(i)["status"] == "SUCCEEDED", 20, "both to succeed")
+    cli.wait_for_status(gates, "SUCCEEDED", 20, "both to succeed")
 
 
 def test_a_workflow_concurrency_limit_is_per_key_value(cli: Cli) -> None:
@@ -103,8 +102,7 @@ def test_a_workflow_concurrency_limit_is_per_key_value(cli: Cli) -> None:
     wait_for(lambda: ada_held in started(), 20, "the held instance to start")
     for name in names:
         (cli.cwd / name).touch()
-    for instance_id in ids.values():
-        wait_for(lambda i=instance_id: cli.show(i)["status"] == "SUCCEEDED", 20, "all to succeed")
+    cli.wait_for_status(ids.values(), "SUCCEEDED", 20, "all to succeed")
 
 
 def test_a_rate_limit_spaces_the_starts(cli: Cli) -> None:

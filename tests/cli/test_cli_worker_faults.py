@@ -93,7 +93,7 @@ def test_a_worker_stopped_past_twice_its_lease_registers_again_and_goes_on(cli: 
         worker.signal(signal.SIGCONT)
     worker.wait_for_log("registered again as worker")
     instance_id = cli.submit("flows:diamond", "--input", "x=1", "--input", "y=2")
-    wait_for(lambda: cli.show(instance_id)["status"] == "SUCCEEDED", 30, "the instance to succeed")
+    cli.wait_for_status([instance_id], "SUCCEEDED", 30, "the instance to succeed")
 
     listed = {w["worker_id"]: (w["state"], w["pid"]) for w in cli.json("workers", "list")}
     old_id = first[0]["worker_id"]
