@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+from fuseline import Status
+from fuseline.broker.sql import SqlBroker
+from tests.cli import flows
 from tests.cli.conftest import on_backend
 from tests.cli.helpers import Cli, assert_one_line_error, is_uuid
 
@@ -188,18 +191,27 @@ def test_database_url_option_wins_over_the_environment(cli: Cli) -> None:
 @on_backend("postgres")  # the contract suite runs prefetch on every broker
 def test_prefetching_workers_run_every_step_once(cli: Cli) -> None:
     """``--prefetch 3`` with two processes: steps claimed three at a time, reports sent in
-    batches, and still every step of every instance runs once and the results are right."""
-    ids = [cli.submit("flows:diamond", "--input", f"x={n}", "--input", "y=1") for n in range(6)]
+    batches, and still every step of every instance runs once and the results are right.
 
-    worker = cli.burst("flows:diamond", "--prefetch", "3", "--concurrency", "2")
+    The test dispatches and reads the instances through a broker of its own: a ``submit`` and
+    a ``show`` process for each of them took most of its time, and those have tests of their own.
+    """
+    assert cli.url is not None
+    broker = SqlBroker(cli.url)
+    try:
+        ids = [flows.diamond.dispatch(broker, {"x": n, "y": 1}) for n in range(6)]
 
-    lines = step_lines(worker.stderr)
-    ran = sorted((line["instance"], line["step"]) for line in lines)
-    assert ran == sorted((i, s) for i in ids for s in "abcd"), worker.stderr
-    assert all(line["attempt"] == "1" and line["state"] == "SUCCEEDED" for line in lines)
-    for n, instance_id in enumerate(ids):
-        shown = cli.show(instance_id)
-        assert (shown["status"], shown["result"]) == ("SUCCEEDED", (n + 1) * 2 + (n + 1 + 1))
+        worker = cli.burst("flows:diamond", "--prefetch", "3", "--concurrency", "2")
+
+        lines = step_lines(worker.stderr)
+        ran = sorted((line["instance"], line["step"]) for line in lines)
+        assert ran == sorted((i, s) for i in ids for s in "abcd"), worker.stderr
+        assert all(line["attempt"] == "1" and line["state"] == "SUCCEEDED" for line in lines)
+        for n, instance_id in enumerate(ids):
+            info = broker.get_instance(instance_id)
+            assert (info.status, info.result) == (Status.SUCCEEDED, (n + 1) * 2 + (n + 1 + 1))
+    finally:
+        broker.close()
 
 
 @on_backend("sqlite")
