@@ -21,37 +21,36 @@ TOLERANCE = timedelta(seconds=0.1)
 DELAY_SECONDS = 8
 
 
-def test_delay_holds_the_first_step_back(cli: Cli) -> None:
+def test_delay_and_at_hold_the_first_step_back_until_their_time(cli: Cli) -> None:
+    """``--delay`` and ``--at`` (a time in any zone): the first step is QUEUED, explained as
+    delayed, and claimed only from its time. The two instances wait out their time together,
+    for one burst worker: the wait is most of the test."""
     with_control_flows(cli)
     submitted = time.monotonic()
-    instance_id = cli.submit("control_flows:echo", "--input", "x=7", "--delay", str(DELAY_SECONDS))
+    delayed = cli.submit("control_flows:echo", "--input", "x=7", "--delay", str(DELAY_SECONDS))
 
-    explained = cli.json("instances", "explain", instance_id)
+    explained = cli.json("instances", "explain", delayed)
     assert time.monotonic() - submitted < DELAY_SECONDS, "too slow to see the delay"
     assert reasons(explained) == [("echo", "QUEUED", "delayed")]
     assert explained[0]["detail"].startswith("until ")
 
+    zone = timezone(timedelta(hours=-5))
+    start = datetime.now(zone) + timedelta(seconds=DELAY_SECONDS)
+    at = cli.submit("control_flows:echo", "--input", "x=3", "--at", start.isoformat())
+
+    explained = cli.json("instances", "explain", at)
+    assert datetime.now(zone) < start, "too slow to see the delay"
+    assert reasons(explained) == [("echo", "QUEUED", "delayed")]
+
     cli.burst("control_flows:echo")
 
-    shown = cli.show(instance_id)
+    shown = cli.show(delayed)
     assert (shown["status"], shown["result"]) == ("SUCCEEDED", 7)
     (dispatched,) = event_times(shown, "dispatched")
     (claimed,) = event_times(shown, "claimed", "echo")
     assert claimed - dispatched >= timedelta(seconds=DELAY_SECONDS) - TOLERANCE
 
-
-def test_at_starts_the_first_step_at_a_time_in_any_zone(cli: Cli) -> None:
-    with_control_flows(cli)
-    zone = timezone(timedelta(hours=-5))
-    start = datetime.now(zone) + timedelta(seconds=DELAY_SECONDS)
-    instance_id = cli.submit("control_flows:echo", "--input", "x=3", "--at", start.isoformat())
-
-    explained = cli.json("instances", "explain", instance_id)
-    assert datetime.now(zone) < start, "too slow to see the delay"
-    assert reasons(explained) == [("echo", "QUEUED", "delayed")]
-    cli.burst("control_flows:echo")
-
-    shown = cli.show(instance_id)
+    shown = cli.show(at)
     assert (shown["status"], shown["result"]) == ("SUCCEEDED", 3)
     (claimed,) = event_times(shown, "claimed", "echo")
     assert claimed >= start - TOLERANCE
