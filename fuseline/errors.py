@@ -224,6 +224,37 @@ class DatabaseBusy(DatabaseUnavailable):
     by itself, so a worker starting up waits for it instead of exiting."""
 
 
+class ServiceUnavailable(DatabaseUnavailable):
+    """The fuseline server cannot be reached right now (restarting, overloaded, network).
+
+    A kind of DatabaseUnavailable, because for a worker behind ``fuseline server`` the
+    server is its database: it waits this out and retries exactly as it would a restart
+    of PostgreSQL, and the broker's fencing refuses its reports if its lease ran out.
+    """
+
+
+class AccessDenied(FuselineError):
+    """The server refused the token: none, unknown or revoked (HTTP 401), or its role lacks
+    the right (HTTP 403). Permanent: asking again with the same token gives the same answer."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class TokenError(FuselineError):
+    """An API token cannot be created or revoked as asked (a bad name, an unknown role, a name
+    already taken): refused before anything is written."""
+
+
+class UnknownToken(TokenError):
+    """No token has this name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown token {name!r} (see: fuseline tokens list)")
+
+
 class SchemaOutOfDate(DatabaseError):
     """The database schema is missing or behind (or ahead of) this fuseline version."""
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import fuseline
+from fuseline.broker import Broker
 from fuseline.broker.sql import SqlBroker
 from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.migrate import upgrade
@@ -125,6 +126,33 @@ def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBrok
     yield make
     for broker in brokers:
         broker.close()
+
+
+@pytest.fixture
+def broker_factory_http(postgres_url: URL) -> Iterator[Callable[..., Broker]]:
+    """HttpBrokerClients, each on a real ``fuseline server`` process of its own over the
+    PostgreSQL database, with an operator token (every right: the worker API and changes)."""
+    from fuseline.clients.http import HttpBrokerClient
+    from fuseline.service.server import ServerSettings
+    from tests.support.servers import ServerProcess, create_token
+
+    url = url_text(postgres_url)
+    token = create_token(url, "contract", "operator")
+    made: list[tuple[ServerProcess, HttpBrokerClient]] = []
+
+    def make(lease_seconds: float = 30.0, max_result_bytes: int = 1024 * 1024) -> HttpBrokerClient:
+        settings = ServerSettings(
+            url, connections=4, lease_seconds=lease_seconds, max_result_bytes=max_result_bytes
+        )
+        server = ServerProcess(settings).start()
+        client = HttpBrokerClient(server.url, token)
+        made.append((server, client))
+        return client
+
+    yield make
+    for server, client in made:
+        client.close()
+        server.kill()  # a graceful stop takes 0.2 s, hundreds of times; nothing is left to finish
 
 
 @pytest.fixture

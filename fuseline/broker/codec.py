@@ -220,8 +220,19 @@ def _emit_dict(value: dict[Any, Any], out: _Writer, path: set[int]) -> None:
     out.add("}")
 
 
+class RefusedResult:
+    """A result its sender already found it could not store: a worker behind ``fuseline server``
+    encodes its result before sending it, and sends the refusal instead of the value. The broker
+    fails the step with the sender's reason, exactly as if it had found it itself."""
+
+    def __init__(self, error: ResultNotSerializable | ResultTooLarge) -> None:
+        self.error = error
+
+
 def encode_result(step_name: str, value: Any, max_bytes: int) -> str:
     """JSON text of a step result, or ResultNotSerializable / ResultTooLarge."""
+    if isinstance(value, RefusedResult):
+        raise value.error
     try:
         if _fits(value, max_bytes):  # the common case: small, and the C encoder at full speed
             text = _dumps(value)

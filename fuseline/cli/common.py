@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, NoReturn
 
@@ -35,10 +35,21 @@ class Settings:
     """Options of the root command, handed to subcommands through the typer context."""
 
     database_url: str | None = None
+    #: ``--server``: go through a fuseline server instead of the database.
+    server: str | None = None
+    token: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return self.database_url or os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE_URL
+
+    @property
+    def server_url(self) -> str | None:
+        return self.server or os.environ.get("FUSELINE_SERVER") or None
+
+    @property
+    def server_token(self) -> str | None:
+        return self.token or os.environ.get("FUSELINE_TOKEN") or None
 
 
 def settings(ctx: typer.Context) -> Settings:
@@ -66,13 +77,20 @@ def user_errors() -> Iterator[None]:
 
 
 def open_broker(ctx: typer.Context, *, lease_seconds: float | None = None):
-    """The SqlBroker of the configured database (see :meth:`SqlBroker.for_url`: SQLite is
-    created and upgraded on first use, PostgreSQL is upgraded by its owner)."""
+    """The broker the command works on: the configured server's (``--server``), else the
+    SqlBroker of the configured database (see :meth:`SqlBroker.for_url`: SQLite is created
+    and upgraded on first use, PostgreSQL is upgraded by its owner)."""
+    chosen = settings(ctx)
+    if chosen.server_url is not None:
+        from ..clients.http import HttpBrokerClient
+
+        with user_errors():
+            return HttpBrokerClient(chosen.server_url, chosen.server_token)
     from ..broker.sql import SqlBroker
 
     options: dict[str, Any] = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
     with user_errors():
-        return SqlBroker.for_url(settings(ctx).url, **options)
+        return SqlBroker.for_url(chosen.url, **options)
 
 
 def hide_secrets(message: str) -> str:
@@ -89,9 +107,11 @@ def hide_secrets(message: str) -> str:
 
 
 def masked_url(ctx: typer.Context) -> str:
+    """Where the command works, for logs: the server's URL, or the database's without password."""
     from ..broker.sql.engine import mask_url
 
-    return mask_url(settings(ctx).url)
+    server = settings(ctx).server_url
+    return server if server is not None else mask_url(settings(ctx).url)
 
 
 def print_json(value: Any) -> None:

@@ -27,6 +27,7 @@ from .common import (
     when,
 )
 from .explain import explain
+from .remote import accepts_server
 from .repairs import repair
 from .submit import parse_at
 
@@ -103,6 +104,7 @@ def attempt_error_json(event: InstanceEvent) -> dict[str, Any]:
 
 
 @instances_app.command("list")
+@accepts_server
 def list_(
     ctx: typer.Context,
     status: Annotated[
@@ -182,6 +184,7 @@ def list_(
 
 
 @instances_app.command()
+@accepts_server
 def show(
     ctx: typer.Context,
     instance_id: InstanceId,
@@ -270,6 +273,7 @@ instances_app.command()(explain)
 
 
 @instances_app.command()
+@accepts_server
 def cancel(ctx: typer.Context, instance_id: InstanceId) -> None:
     """Cancel a RUNNING instance: steps not finished end CANCELLED; late reports are refused.
 
@@ -280,6 +284,7 @@ def cancel(ctx: typer.Context, instance_id: InstanceId) -> None:
 
 
 @instances_app.command()
+@accepts_server
 def retry(
     ctx: typer.Context,
     instance_id: InstanceId,
@@ -315,6 +320,7 @@ def retry(
 
 
 @instances_app.command()
+@accepts_server
 def signal(
     ctx: typer.Context,
     instance_id: InstanceId,

@@ -81,8 +81,9 @@ class MetricsEndpoint:
     def before_loading(cls, host: str, port: int | None, processes: int) -> MetricsEndpoint | None:
         return None if port is None else cls(host, port, processes)
 
-    def bind(self, url: str, lease_seconds: float, workflows: list[Workflow]) -> None:
-        """Bind the port (in use: one line, exit 1) and set up the registry it serves."""
+    def bind(self, url: str | None, lease_seconds: float, workflows: list[Workflow]) -> None:
+        """Bind the port (in use: one line, exit 1) and set up the registry it serves; without a
+        database ``url`` (workers behind ``fuseline server``) the queue gauges are the server's."""
         from prometheus_client import REGISTRY, CollectorRegistry, disable_created_metrics
         from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -99,8 +100,9 @@ class MetricsEndpoint:
             MultiProcessCollector(registry, path=self.directory)
         served = [wf for parent in workflows for wf in (parent, *parent.children)]
         always = {(wf.workflow_id, q) for wf in served for q in scheduling_of(wf.to_schema()).queues}
-        self.collector = QueueCollector(url, dead_after=2 * lease_seconds, queues=always)
-        registry.register(self.collector)
+        if url is not None:
+            self.collector = QueueCollector(url, dead_after=2 * lease_seconds, queues=always)
+            registry.register(self.collector)
         try:
             self.server = MetricsServer(registry, self.host, self.port)
         except OSError as exc:

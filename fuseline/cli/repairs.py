@@ -12,6 +12,7 @@ from rich.table import Table
 from ..broker.ids import instance_uuid
 from ..broker.repairs import RepairAction, RepairPlan, operator_name
 from .common import InstanceId, console, open_broker, plain, styled, user_errors
+from .remote import accepts_server
 
 steps_app = typer.Typer(
     help="Repair one step of an instance: skip it, or set its output; each with --dry-run.\n\n"
@@ -61,6 +62,7 @@ def show(plan: RepairPlan, dry_run: bool) -> None:
 
 
 @steps_app.command()
+@accepts_server
 def skip(ctx: typer.Context, instance_id: InstanceId, step: StepName, dry_run: DryRun = False) -> None:
     """End a step SKIPPED (not yet done, FAILED or CANCELLED): the DAG goes on as for any skip,
     and a FAILED or CANCELLED instance runs again. Its worker, if one holds it, is refused.
@@ -71,6 +73,7 @@ def skip(ctx: typer.Context, instance_id: InstanceId, step: StepName, dry_run: D
 
 
 @steps_app.command("set-output")
+@accepts_server
 def set_output(
     ctx: typer.Context,
     instance_id: InstanceId,

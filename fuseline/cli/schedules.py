@@ -12,6 +12,7 @@ from ..broker.schedules import ScheduleInfo, ScheduleSpec
 from ..errors import ScheduleError
 from .common import JsonFlag, console, fail, open_broker, plain, print_json, user_errors, when
 from .loading import load_workflow
+from .remote import accepts_server
 from .submit import parse_inputs
 
 schedules_app = typer.Typer(
@@ -37,6 +38,7 @@ def parse_every(text: str | None) -> int | None:
 
 
 @schedules_app.command("add")
+@accepts_server
 def add(
     ctx: typer.Context,
     workflow: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW", help="The workflow to run.")],
@@ -130,6 +132,7 @@ def add(
 
 
 @schedules_app.command("list")
+@accepts_server
 def list_(ctx: typer.Context, json_output: JsonFlag = False) -> None:
     """List schedules: workflow, spec, time zone, paused or not, next fire time, last instance.
 
@@ -162,6 +165,7 @@ def list_(ctx: typer.Context, json_output: JsonFlag = False) -> None:
 
 
 @schedules_app.command("pause")
+@accepts_server
 def pause(ctx: typer.Context, name: ScheduleName) -> None:
     """Stop firing a schedule until it is resumed.
 
@@ -171,6 +175,7 @@ def pause(ctx: typer.Context, name: ScheduleName) -> None:
 
 
 @schedules_app.command("resume")
+@accepts_server
 def resume(ctx: typer.Context, name: ScheduleName) -> None:
     """Fire a paused schedule again, from its first tick after now (missed ticks do not fire).
 
@@ -180,6 +185,7 @@ def resume(ctx: typer.Context, name: ScheduleName) -> None:
 
 
 @schedules_app.command("remove")
+@accepts_server
 def remove(ctx: typer.Context, name: ScheduleName) -> None:
     """Delete a schedule; the instances it started stay.
 

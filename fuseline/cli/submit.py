@@ -15,6 +15,7 @@ from ..errors import InvalidDispatch
 from ..states import Status
 from .common import err_console, fail, open_broker, user_errors
 from .loading import load_workflow
+from .remote import accepts_server
 
 #: Seconds between status polls while waiting.
 WAIT_POLL_SECONDS = 0.2
@@ -85,6 +86,7 @@ def check_dispatch_options(delay: float | None, at: datetime | None, key: str | 
             raise typer.BadParameter(str(exc), param_hint=hint) from None
 
 
+@accepts_server
 def submit(
     ctx: typer.Context,
     workflow: Annotated[str, typer.Argument(metavar="MODULE:WORKFLOW", help="The workflow to start.")],

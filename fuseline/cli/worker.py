@@ -9,18 +9,19 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..engines.retry import reconnect_delay
 from ..workflow.workflow import Workflow
-from .common import fail, masked_url, settings
+from .common import fail, masked_url, open_broker, settings
 from .durations import DEFAULT_RETENTION, RetentionOption, duration_option
+from .remote import accepts_server
 
 if TYPE_CHECKING:
-    from ..broker.sql import SqlBroker
+    from ..broker import Broker
     from ..engines.worker import Worker
 from .loading import load_workflow
 from .metrics import DEFAULT_METRICS_HOST, MetricsEndpoint, MetricsHost, MetricsPort, worker_observer
@@ -51,9 +52,13 @@ class WorkerOptions:
     queues: tuple[str, ...] | None = None
     #: Whether the workers count for Prometheus (``--metrics-port``).
     metrics: bool = False
+    #: ``--server``: work through a fuseline server (no database credentials), with ``token``.
+    server: str | None = None
+    token: str | None = field(default=None, repr=False)
 
 
 @worker_app.command("run")
+@accepts_server
 def run(
     ctx: typer.Context,
     workflows: Annotated[
@@ -137,8 +142,9 @@ def run(
     loaded = [load_workflow(spec) for spec in workflows]
     configure_logging(level)
     check_before_starting(ctx, loaded, lease_seconds)
+    server = settings(ctx).server_url
     if metrics is not None:  # a port in use is one line and exit 1, before any worker starts
-        metrics.bind(settings(ctx).url, lease_seconds, loaded)
+        metrics.bind(None if server else settings(ctx).url, lease_seconds, loaded)
     options = WorkerOptions(
         url=settings(ctx).url,
         specs=tuple(workflows),
@@ -151,6 +157,8 @@ def run(
         retention=retention_seconds or None,
         queues=wanted_queues,
         metrics=metrics is not None,
+        server=server,
+        token=settings(ctx).server_token,
     )
     serving = (
         "" if wanted_queues is None else f", {plural('queue', wanted_queues)} {', '.join(wanted_queues)}"
@@ -221,7 +229,11 @@ def check_before_starting(ctx: typer.Context, loaded: list[Workflow], lease_seco
     from ..errors import DatabaseBusy, FuselineError
 
     try:
-        broker = SqlBroker.for_url(settings(ctx).url, lease_seconds=lease_seconds)
+        broker = (
+            open_broker(ctx)
+            if settings(ctx).server_url
+            else SqlBroker.for_url(settings(ctx).url, lease_seconds=lease_seconds)
+        )
         try:
             broker.register_workflows([wf.to_schema() for wf in loaded])
         finally:
@@ -240,6 +252,8 @@ def configure_logging(level: str) -> None:
         force=True,
     )
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # One line per HTTP request of a worker behind a server would drown the step lines.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | None = None) -> int:
@@ -299,7 +313,7 @@ def work_in_this_process(options: WorkerOptions, workflows: list[Workflow] | Non
 
 def start_worker_when_connections_free(
     options: WorkerOptions, workflows: list[Workflow]
-) -> tuple[SqlBroker, Worker]:
+) -> tuple[Broker, Worker]:
     """:func:`start_worker`, waiting (growing, jittered pauses) while the server is full or starting
     up. Any other error, an unreachable server included, is an answer: the worker exits 1."""
     from ..errors import DatabaseBusy
@@ -315,16 +329,25 @@ def start_worker_when_connections_free(
             time.sleep(delay)
 
 
-def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[SqlBroker, Worker]:
+def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[Broker, Worker]:
     """Open the broker and register the worker; DatabaseUnavailable (a busy or restarting
     database, ``max_connections`` reached) leaves nothing open behind, so the caller retries."""
     from ..broker.sql import SqlBroker
     from ..clients import LocalBrokerClient
     from ..engines.worker import Worker
 
-    broker = SqlBroker.for_url(
-        options.url, lease_seconds=options.lease_seconds, listen=options.listen, retention=options.retention
-    )
+    broker: Broker
+    if options.server is not None:  # the server's broker decides leases, listening and retention
+        from ..clients.http import HttpBrokerClient
+
+        broker = HttpBrokerClient(options.server, options.token)
+    else:
+        broker = SqlBroker.for_url(
+            options.url,
+            lease_seconds=options.lease_seconds,
+            listen=options.listen,
+            retention=options.retention,
+        )
     observer = worker_observer() if options.metrics else None
     try:
         return broker, Worker(

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from .common import console, iso, open_broker, plain, print_json, user_errors, when
+from .remote import accepts_server
 
 workers_app = typer.Typer(
     help="Show registered workers.\n\nExample: fuseline workers list --all", no_args_is_help=True
@@ -15,6 +16,7 @@ workers_app = typer.Typer(
 
 
 @workers_app.command("list")
+@accepts_server
 def list_(
     ctx: typer.Context,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON only (machine-readable).")] = False,

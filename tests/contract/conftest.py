@@ -42,6 +42,7 @@ BROKER_FACTORIES: dict[str, BrokerFactory | None] = {
     "memory": memory_broker,
     "postgres": None,  # tests/conftest.py: broker_factory_postgres (a migrated database)
     "sqlite": None,  # tests/conftest.py: broker_factory_sqlite (a fresh file)
+    "http": None,  # tests/conftest.py: broker_factory_http (HttpBrokerClient, a server process)
 }
 
 

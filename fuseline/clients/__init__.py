@@ -2,7 +2,8 @@
 
 Workers depend on this small interface rather than on a broker, so the same
 worker code runs against a broker in the same process
-(:class:`LocalBrokerClient`) or, later, one across the network.
+(:class:`LocalBrokerClient`) or behind ``fuseline server``
+(:class:`~fuseline.clients.http.HttpBrokerClient`, no database credentials).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from .broker.base import (
+from ..broker.base import (
     Broker,
     Lease,
     StepAssignment,
@@ -19,8 +20,8 @@ from .broker.base import (
     claim_one_at_a_time,
     report_one_at_a_time,
 )
-from .errors import BrokerError
-from .workflow.schema import WorkflowSchema
+from ..errors import BrokerError
+from ..workflow.schema import WorkflowSchema
 
 
 class BrokerClient(ABC):
@@ -120,3 +121,13 @@ class LocalBrokerClient(BrokerClient):
 
     def __repr__(self) -> str:
         return f"LocalBrokerClient({self.broker!r})"
+
+
+def __getattr__(name: str) -> object:
+    """``HttpBrokerClient`` is imported on first use, so workers on a database never load an
+    HTTP client they do not need."""
+    if name == "HttpBrokerClient":
+        from .http import HttpBrokerClient
+
+        return HttpBrokerClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
