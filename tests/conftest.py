@@ -12,6 +12,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -128,23 +129,27 @@ def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBrok
         broker.close()
 
 
+@pytest.fixture(scope="session")
+def http_servers(postgres_session_url: URL) -> Iterator[Any]:
+    """Servers for the HTTP contract runs, with the next default one started ahead of time."""
+    from tests.support.servers import ServerPool
+
+    pool = ServerPool(url_text(postgres_session_url))
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def broker_factory_http(postgres_url: URL) -> Iterator[Callable[..., Broker]]:
+def broker_factory_http(postgres_url: URL, http_servers: Any) -> Iterator[Callable[..., Broker]]:
     """HttpBrokerClients, each on a real ``fuseline server`` process of its own over the
     PostgreSQL database, with an operator token (every right: the worker API and changes)."""
     from fuseline.clients.http import HttpBrokerClient
-    from fuseline.service.server import ServerSettings
-    from tests.support.servers import ServerProcess, create_token
 
-    url = url_text(postgres_url)
-    token = create_token(url, "contract", "operator")
-    made: list[tuple[ServerProcess, HttpBrokerClient]] = []
+    token = http_servers.restore_token()  # the tables were just emptied: put the session's token back
+    made: list[tuple[Any, HttpBrokerClient]] = []
 
     def make(lease_seconds: float = 30.0, max_result_bytes: int = 1024 * 1024) -> HttpBrokerClient:
-        settings = ServerSettings(
-            url, connections=4, lease_seconds=lease_seconds, max_result_bytes=max_result_bytes
-        )
-        server = ServerProcess(settings).start()
+        server = http_servers.take(lease_seconds=lease_seconds, max_result_bytes=max_result_bytes)
         client = HttpBrokerClient(server.url, token)
         made.append((server, client))
         return client

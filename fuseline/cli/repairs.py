@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..broker.ids import instance_uuid
 from ..broker.repairs import RepairAction, RepairPlan, operator_name
-from .common import InstanceId, console, open_broker, plain, styled, user_errors
+from .common import InstanceId, console, open_broker, plain, settings, styled, user_errors
 from .remote import accepts_server
 
 steps_app = typer.Typer(
@@ -30,7 +30,8 @@ def repair(
     ctx: typer.Context, instance_id: str, action: RepairAction, step: str, result: Any, dry_run: bool
 ) -> None:
     """Plan the repair (a dry run stops there) or apply it; print the changes either way."""
-    who = operator_name()
+    # Through a server the token's name is recorded (the server fills it in); here, the OS user.
+    who = None if settings(ctx).server_url else operator_name()
     broker = open_broker(ctx)
     try:
         with user_errors():

@@ -261,20 +261,23 @@ class HttpBrokerClient(Broker, BrokerClient):
     def retry_instance(
         self, instance_id: str, from_step: str | None = None, *, operator: str | None = None
     ) -> InstanceInfo:
-        body = {"from_step": from_step}
+        body = {"from_step": from_step, "operator": operator}
         return wire.decode(
             InstanceInfo, self._call("POST", f"/instances/{_id(instance_id)}/retry", body=body)
         )
 
     def skip_step(self, instance_id: str, step: str, *, operator: str | None = None) -> InstanceInfo:
         path = f"/instances/{_id(instance_id)}/steps/{_id(step)}/skip"
-        return wire.decode(InstanceInfo, self._call("POST", path))
+        return wire.decode(InstanceInfo, self._call("POST", path, body={"operator": operator}))
 
     def set_step_output(
         self, instance_id: str, step: str, result: Any, *, operator: str | None = None
     ) -> InstanceInfo:
         path = f"/instances/{_id(instance_id)}/steps/{_id(step)}/output"
-        return wire.decode(InstanceInfo, self._call("POST", path, body={"result": result}))
+        codec.encode_result(step, result, self.max_result_bytes)  # refused here as a broker refuses it
+        return wire.decode(
+            InstanceInfo, self._call("POST", path, body={"result": result, "operator": operator})
+        )
 
     def plan_repair(
         self,
@@ -285,7 +288,9 @@ class HttpBrokerClient(Broker, BrokerClient):
         *,
         operator: str | None = None,
     ) -> RepairPlan:
-        body = {"action": RepairAction(action).value, "step": step, "result": result}
+        if RepairAction(action) is RepairAction.SET_OUTPUT:
+            codec.encode_result(step, result, self.max_result_bytes)
+        body = {"action": RepairAction(action).value, "step": step, "result": result, "operator": operator}
         return wire.decode(RepairPlan, self._call("POST", f"/instances/{_id(instance_id)}/plan", body=body))
 
     def signal(self, instance_id: str, name: str, data: Any = None) -> None:

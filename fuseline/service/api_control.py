@@ -42,18 +42,30 @@ class SubmitBody(BaseModel):
     dispatches: list[DispatchBody] = Field(min_length=1, max_length=10_000)
 
 
+#: Who a repair is recorded under: the name the caller gives (a person acting with a shared
+#: operator token), else the token's own name.
+Operator = Field(None, description="recorded as the operator; default: the token's name")
+
+
 class RetryBody(BaseModel):
     from_step: str | None = None
+    operator: str | None = Operator
+
+
+class RepairBody(BaseModel):
+    operator: str | None = Operator
 
 
 class OutputBody(BaseModel):
     result: Any = None
+    operator: str | None = Operator
 
 
 class PlanBody(BaseModel):
     action: RepairAction
     step: str
     result: Any = None
+    operator: str | None = Operator
 
 
 class SignalBody(BaseModel):
@@ -126,13 +138,20 @@ def retry(
     request: Request,
     who: Identity = Depends(changer),  # noqa: B008
 ) -> JSONResponse:
-    info = _broker(request).retry_instance(instance_id, body.from_step, operator=who.name)
+    info = _broker(request).retry_instance(instance_id, body.from_step, operator=body.operator or who.name)
     return answer(wire.encode(info))
 
 
 @router.post("/instances/{instance_id}/steps/{step}/skip", summary="End a step SKIPPED")
-def skip(instance_id: str, step: str, request: Request, who: Identity = Depends(changer)) -> JSONResponse:  # noqa: B008
-    return answer(wire.encode(_broker(request).skip_step(instance_id, step, operator=who.name)))
+def skip(
+    instance_id: str,
+    step: str,
+    body: RepairBody,
+    request: Request,
+    who: Identity = Depends(changer),  # noqa: B008
+) -> JSONResponse:
+    info = _broker(request).skip_step(instance_id, step, operator=body.operator or who.name)
+    return answer(wire.encode(info))
 
 
 @router.post("/instances/{instance_id}/steps/{step}/output", summary="End a step SUCCEEDED with a result")
@@ -143,7 +162,9 @@ def set_output(
     request: Request,
     who: Identity = Depends(changer),  # noqa: B008
 ) -> JSONResponse:
-    info = _broker(request).set_step_output(instance_id, step, body.result, operator=who.name)
+    info = _broker(request).set_step_output(
+        instance_id, step, body.result, operator=body.operator or who.name
+    )
     return answer(wire.encode(info))
 
 
@@ -154,8 +175,9 @@ def plan(
     request: Request,
     who: Identity = Depends(changer),  # noqa: B008
 ) -> JSONResponse:
+    operator = body.operator or who.name
     planned = _broker(request).plan_repair(
-        instance_id, body.action, body.step, body.result, operator=who.name
+        instance_id, body.action, body.step, body.result, operator=operator
     )
     return answer(wire.encode(planned))
 

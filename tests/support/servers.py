@@ -113,3 +113,64 @@ def create_token(database_url: str, name: str, role: Role | str) -> str:
         return TokenStore(broker).create(name, role)
     finally:
         broker.close()
+
+
+class ServerPool:
+    """Servers for the contract suite's HTTP runs, one per test, over the session's database.
+
+    Each test empties the tables, so each gets a new server (no broker cache survives a
+    test). The next server with the default settings is started while the current test
+    runs, which hides most of its start-up; the session's token is created once (scrypt
+    is slow on purpose) and its row put back after each emptying.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._rows: list[tuple[str, list[dict[str, object]]]] | None = None
+        self._token: str | None = None
+        self._next: ServerProcess | None = None
+
+    def restore_token(self) -> str:
+        """The operator token, its rows written again into the freshly emptied tables."""
+        import sqlalchemy as sa
+
+        from fuseline.broker.sql.models import server_secrets, tokens
+
+        engine = sa.create_engine(self.database_url)
+        try:
+            with engine.begin() as conn:
+                if self._rows is None:
+                    self._token = create_token(self.database_url, "contract", Role.OPERATOR)
+                    self._rows = [
+                        (table.name, [dict(r._mapping) for r in conn.execute(sa.select(table))])
+                        for table in (tokens, server_secrets)
+                    ]
+                else:
+                    for table, rows in zip((tokens, server_secrets), self._rows, strict=True):
+                        if rows[1]:
+                            conn.execute(sa.insert(table), rows[1])
+        finally:
+            engine.dispose()
+        assert self._token is not None
+        return self._token
+
+    def take(self, *, lease_seconds: float, max_result_bytes: int) -> ServerProcess:
+        """A started server with these settings; the next default one starts meanwhile."""
+        settings = ServerSettings(
+            self.database_url, connections=4, lease_seconds=lease_seconds, max_result_bytes=max_result_bytes
+        )
+        if self._next is not None and self._next.settings == settings:
+            server, self._next = self._next, None
+            server.wait_until_healthy()
+        else:
+            server = ServerProcess(settings).start()
+        if self._next is None:
+            self._next = ServerProcess(ServerSettings(self.database_url, connections=4))
+            self._next.process = _context.Process(target=_run, args=(self._next.settings, self._next.port))
+            self._next.process.daemon = True
+            self._next.process.start()
+        return server
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.kill()
