@@ -83,5 +83,7 @@ def install(app: FastAPI) -> None:
 
 
 def _problem(problem: dict[str, Any]) -> str:
+    if problem.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({(problem.get('ctx') or {}).get('error', 'malformed')})"
     where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
     return f"{where or 'body'}: {problem.get('msg', 'invalid')}"
