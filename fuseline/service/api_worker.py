@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from ..broker.base import StepAssignment, StepReport
 from ..broker.codec import RefusedResult
+from ..errors import BrokerError
 from . import wire
 from .auth import worker_api
 from .context import context_of
@@ -146,7 +147,10 @@ def heartbeat(worker_id: str, request: Request) -> JSONResponse:
 
 @router.post("/workers/{worker_id}/release", summary="Give back claimed steps that will not run")
 def release(worker_id: str, body: ReleaseBody, request: Request) -> JSONResponse:
-    assignments = [wire.decode(StepAssignment, a) for a in body.assignments]
+    try:
+        assignments = [wire.decode(StepAssignment, a) for a in body.assignments]
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a 400, not a 500
+        raise BrokerError(f"an assignment to release is malformed: {exc}") from None
     context_of(request).broker.release_steps(worker_id, assignments)
     return answer({})
 
