@@ -1,0 +1,64 @@
+"""Signing in with an API token, and out again.
+
+The token is checked once (``TokenStore.verify``: scrypt the first time, so a plain ``def``
+route on the thread pool) and never stored: the session cookie keeps its id. Worker tokens
+may not sign in; they are for the worker API only.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from ..context import context_of
+from ..tokens import Role, token_id_of
+from . import sessions
+from .access import Form, checked_form, form_fields, secret_of
+from .render import PageRoute, page
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def _safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never another host)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/instances"
+    return target
+
+
+@router.get("/login")
+def login_form(request: Request, next: str | None = None) -> Response:
+    return page(request, "login.html", next=_safe_next(next), message=None)
+
+
+@router.post("/login")
+def login(request: Request, form: Form = Depends(form_fields)) -> Response:  # noqa: B008 (FastAPI's way)
+    token = form.get("token", "").strip()
+    target = _safe_next(form.get("next"))
+    identity = context_of(request).tokens.verify(token) if token else None
+    token_id = token_id_of(token)
+    if identity is None or token_id is None:
+        return page(request, "login.html", status=401, next=target, message="That token is not valid.")
+    if identity.role is Role.WORKER:
+        message = f"{identity.name} is a worker token: only viewer and operator tokens may sign in."
+        return page(request, "error.html", status=403, title="Not allowed", message=message)
+    value, _ = sessions.issue(secret_of(request), token_id, identity.name)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        sessions.COOKIE,
+        value,
+        max_age=sessions.SESSION_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, _: Form = Depends(checked_form)) -> Response:  # noqa: B008
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(sessions.COOKIE, path="/", httponly=True, samesite="strict")
+    return response
