@@ -12,7 +12,9 @@
 -- It grants exactly this and nothing else:
 --
 --   * CONNECT on the database, USAGE on schema public;
---   * SELECT, INSERT, UPDATE, DELETE on the fuseline_* tables (no TRUNCATE, REFERENCES, TRIGGER);
+--   * SELECT, INSERT, UPDATE, DELETE on the fuseline_* tables (no TRUNCATE, REFERENCES, TRIGGER),
+--     fuseline_tokens and fuseline_server_secrets included: `fuseline server` reads the tokens
+--     on every request and creates its session secret once, and `fuseline tokens` writes them;
 --   * SELECT only on fuseline_alembic_version (the broker checks the schema version at start-up);
 --   * USAGE and SELECT on the fuseline_* sequences (the ids of steps, events and rate-limited starts).
 --

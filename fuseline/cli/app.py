@@ -13,6 +13,7 @@ from .instances import instances_app
 from .repairs import steps_app
 from .schedules import schedules_app
 from .submit import submit
+from .tokens import tokens_app
 from .worker import worker_app
 from .workers import workers_app
 
@@ -68,6 +69,7 @@ app.add_typer(instances_app, name="instances")
 app.add_typer(steps_app, name="steps")
 app.add_typer(workers_app, name="workers")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(tokens_app, name="tokens")
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from fuseline import Status
 from fuseline.broker.sql import SqlBroker
+from fuseline.service.tokens import Identity, Role, TokenStore
 from tests.conftest import url_text
 from tests.reliability import flows
 from tests.reliability.support import FLOWS, REPOSITORY, PgCluster, fuseline, ok, table_names
@@ -30,9 +31,11 @@ DATA_TABLES = [
     "fuseline_events",
     "fuseline_instances",
     "fuseline_schedules",
+    "fuseline_server_secrets",
     "fuseline_signals",
     "fuseline_starts",
     "fuseline_steps",
+    "fuseline_tokens",
     "fuseline_workers",
     "fuseline_workflows",
 ]
@@ -122,6 +125,15 @@ def test_the_runtime_role_runs_a_drain_with_data_privileges_only(
     finally:
         broker.close()
     assert len(workers) == 2 and all(w.stopped_at is not None for w in workers)
+
+    # ... and a server running as it verifies tokens and keeps its session secret
+    broker = SqlBroker(runtime_url)
+    try:
+        token = TokenStore(broker).create("ci", Role.OPERATOR)
+        assert TokenStore(broker).verify(token) == Identity("ci", Role.OPERATOR)
+        assert TokenStore(broker).session_secret() == TokenStore(broker).session_secret()
+    finally:
+        broker.close()
 
     # ... and it cannot change the schema
     tables = table_names(owner_url)

@@ -355,6 +355,38 @@ class EventRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
 
+class TokenRow(Base):
+    """An API token of ``fuseline server`` (migration 0009): its role and a salted scrypt hash.
+
+    ``id`` is the token's public part, so a request's token finds its row without a scan;
+    the token itself is never stored. A name is never reused, not even once its token is
+    revoked, so a name in a log or an audit always means one token.
+    """
+
+    __tablename__ = "fuseline_tokens"
+
+    id: Mapped[str] = mapped_column(String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    #: Hex: the scrypt salt (16 bytes) and the hash of the whole token (32 bytes).
+    salt: Mapped[str] = mapped_column(String(32))
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class ServerSecretRow(Base):
+    """A random secret all server processes on this database share, by purpose (migration 0009):
+    ``session`` signs the dashboard's cookies, so any process accepts another's, across restarts."""
+
+    __tablename__ = "fuseline_server_secrets"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    #: Hex.
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 workflows = WorkflowRow.__table__
 instances = InstanceRow.__table__
 steps = StepRow.__table__
@@ -363,3 +395,5 @@ events = EventRow.__table__
 starts = StartRow.__table__
 schedules = ScheduleRow.__table__
 signals = SignalRow.__table__
+tokens = TokenRow.__table__
+server_secrets = ServerSecretRow.__table__
