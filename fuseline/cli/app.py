@@ -12,6 +12,7 @@ from .db import db_app
 from .instances import instances_app
 from .repairs import steps_app
 from .schedules import schedules_app
+from .server import server
 from .submit import submit
 from .tokens import tokens_app
 from .worker import worker_app
@@ -65,6 +66,7 @@ def root(
 app.add_typer(db_app, name="db")
 app.add_typer(worker_app, name="worker")
 app.command("submit")(submit)
+app.command("server")(server)
 app.add_typer(instances_app, name="instances")
 app.add_typer(steps_app, name="steps")
 app.add_typer(workers_app, name="workers")
