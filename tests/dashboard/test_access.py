@@ -48,7 +48,7 @@ def test_bad_and_worker_tokens_cannot_sign_in(site: Site) -> None:
 
 def test_sign_in_goes_back_only_to_this_site(site: Site) -> None:
     with site.client() as client:
-        for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "/\t/evil.example"):
             response = client.post("/login", data={"token": site.tokens["viewer"], "next": target})
             assert response.headers["location"] == "/instances", target
 

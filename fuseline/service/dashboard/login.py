@@ -7,6 +7,8 @@ may not sign in; they are for the worker API only.
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -20,9 +22,14 @@ from .render import PageRoute, page
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
+#: A path on this site: no scheme, no host, no backslash, space or control character (browsers
+#: drop tabs and newlines from URLs, so ``/\t/evil.example`` would lead to another host).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
 def _safe_next(target: str | None) -> str:
     """Where to go after signing in: a path on this site only (never another host)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    if not target or _LOCAL_PATH.fullmatch(target) is None:
         return "/instances"
     return target
 

@@ -26,6 +26,11 @@ from .render import PageRoute, Refused, page
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 PAGE_SIZE = 50
+#: What an instance page lists at most: the newest events, the first items of each Map (a Map of
+#: 10,000 items keeps its full count in the graph, but the page stays readable and quick).
+TIMELINE = 500
+ITEMS_SHOWN = 100
+EVENTS_PER_STEP = 50
 
 
 @dataclass
@@ -35,6 +40,7 @@ class StepGroup:
     step: StepInfo
     items: list[StepInfo] = field(default_factory=list)
     events: list[InstanceEvent] = field(default_factory=list)
+    more_items: int = 0
 
 
 def _broker(request: Request) -> Any:
@@ -95,7 +101,8 @@ def instance(request: Request, instance_id: str, viewer: Viewer = Depends(signed
         info=info,
         graph=graph,
         groups=groups,
-        events=events,
+        events=events[-TIMELINE:],
+        events_left_out=max(0, len(events) - TIMELINE),
         explained=explained,
         step_names=[g.step.name for g in groups] + [i.name for g in groups for i in g.items],
         can_change=viewer.can_change,
@@ -155,11 +162,17 @@ def _groups(info: InstanceInfo, events: list[InstanceEvent], order: list[str]) -
     for step in info.steps:
         base = item_base(step.name)
         if base != step.name and base in groups:
-            groups[base].items.append(step)
+            group = groups[base]
+            if len(group.items) < ITEMS_SHOWN:
+                group.items.append(step)
+            else:
+                group.more_items += 1
     for event in events:
         if event.step_name is not None:
             base = item_base(event.step_name)
             if base in groups:
                 groups[base].events.append(event)
+    for group in groups.values():
+        group.events = group.events[-EVENTS_PER_STEP:]
     ranked = {name: index for index, name in enumerate(order)}
     return sorted(groups.values(), key=lambda g: ranked.get(g.step.name, len(ranked)))
