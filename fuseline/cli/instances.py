@@ -269,7 +269,7 @@ def show(
     console.print(history)
 
 
-instances_app.command()(explain)
+instances_app.command()(accepts_server(explain))
 
 
 @instances_app.command()

@@ -142,7 +142,7 @@ def retry(
     return answer(wire.encode(info))
 
 
-@router.post("/instances/{instance_id}/steps/{step}/skip", summary="End a step SKIPPED")
+@router.post("/instances/{instance_id}/steps/{step:path}/skip", summary="End a step SKIPPED")
 def skip(
     instance_id: str,
     step: str,
@@ -154,7 +154,9 @@ def skip(
     return answer(wire.encode(info))
 
 
-@router.post("/instances/{instance_id}/steps/{step}/output", summary="End a step SUCCEEDED with a result")
+@router.post(
+    "/instances/{instance_id}/steps/{step:path}/output", summary="End a step SUCCEEDED with a result"
+)
 def set_output(
     instance_id: str,
     step: str,
@@ -198,6 +200,11 @@ def workers(request: Request, _: Identity = Depends(reader)) -> JSONResponse:  #
     return answer({"workers": wire.encode(_broker(request).list_workers())})
 
 
+# Step and schedule names are free text, '/' included (a schedule is named after its workflow
+# id by default), so they are matched as ``:path`` (the client quotes them, and the server
+# decodes '%2F' before routing). Instance and worker ids are UUIDs: one segment each.
+
+
 # -- schedules ------------------------------------------------------------------------------------
 @router.post("/schedules", summary="Add a schedule (checked by the client and again here)")
 def add_schedule(body: ScheduleBody, request: Request, _: Identity = Depends(changer)) -> JSONResponse:  # noqa: B008
@@ -212,17 +219,17 @@ def list_schedules(request: Request, _: Identity = Depends(reader)) -> JSONRespo
     return answer({"schedules": wire.encode(_broker(request).list_schedules())})
 
 
-@router.post("/schedules/{name}/pause", summary="Stop firing a schedule")
+@router.post("/schedules/{name:path}/pause", summary="Stop firing a schedule")
 def pause(name: str, request: Request, _: Identity = Depends(changer)) -> JSONResponse:  # noqa: B008
     return answer(wire.encode(_broker(request).pause_schedule(name)))
 
 
-@router.post("/schedules/{name}/resume", summary="Fire a schedule again from its next tick")
+@router.post("/schedules/{name:path}/resume", summary="Fire a schedule again from its next tick")
 def resume(name: str, request: Request, _: Identity = Depends(changer)) -> JSONResponse:  # noqa: B008
     return answer(wire.encode(_broker(request).resume_schedule(name)))
 
 
-@router.delete("/schedules/{name}", summary="Delete a schedule (its instances stay)")
+@router.delete("/schedules/{name:path}", summary="Delete a schedule (its instances stay)")
 def remove(name: str, request: Request, _: Identity = Depends(changer)) -> JSONResponse:  # noqa: B008
     _broker(request).remove_schedule(name)
     return answer({})

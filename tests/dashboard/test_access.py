@@ -157,3 +157,30 @@ def test_lists_of_workers_and_schedules(site: Site) -> None:
         assert workers.status_code == 200 and "box-1" in workers.text and "4242" in workers.text
         schedules = client.get("/schedules")
         assert schedules.status_code == 200 and "No schedules." in schedules.text
+
+
+def test_each_action_applies_after_its_dry_run(site: Site) -> None:
+    instance_id = site.broker.dispatch_workflow(pipeline.to_schema(), {"count": 2})
+    with site.client("operator") as client:
+        page = client.get(f"/instances/{instance_id}")
+        assert 'id="explain"' in page.text and "no_worker" in page.text  # why prepare waits
+        csrf = csrf_of(page.text)
+        steps = [
+            {"action": "set-output", "step": "prepare", "result": "2"},
+            {"action": "skip", "step": "tail"},
+            {"action": "signal", "name": "go", "data": '{"ok": true}'},
+            {"action": "cancel"},
+        ]
+        for fields in steps:
+            dry = client.post(f"/instances/{instance_id}/confirm", data=fields | {"csrf": csrf})
+            assert dry.status_code == 200 and 'id="apply"' in dry.text, (fields, dry.text[-700:])
+            applied = client.post(f"/instances/{instance_id}/apply", data=fields | {"csrf": csrf})
+            assert applied.status_code == 303, (fields, applied.text[:400])
+        info = site.broker.get_instance(instance_id)
+        assert info.status.value == "CANCELLED"
+        assert info.step("prepare").state.value == "SUCCEEDED" and info.step("prepare").result == 2
+        assert info.step("tail").state.value == "SKIPPED" and info.step("slow").state.value == "CANCELLED"
+        retried = client.post(f"/instances/{instance_id}/confirm", data={"action": "retry", "csrf": csrf})
+        assert retried.status_code == 200 and "retry by dash-operator" in retried.text
+        history = " ".join(e.detail or "" for e in site.broker.instance_events(instance_id))
+        assert "dash-operator" in history

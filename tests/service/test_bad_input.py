@@ -22,7 +22,14 @@ from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.migrate import upgrade
 from fuseline.broker.sql.models import Base
 from fuseline.clients.http import HttpBrokerClient
-from fuseline.errors import AccessDenied, FuselineError, LeaseLost, UnknownInstance, UnknownWorker
+from fuseline.errors import (
+    AccessDenied,
+    FuselineError,
+    LeaseLost,
+    UnknownInstance,
+    UnknownSchedule,
+    UnknownWorker,
+)
 from fuseline.service.server import ServerSettings
 from fuseline.service.tokens import TokenStore
 from fuseline.workflow import WorkflowSchema
@@ -201,6 +208,22 @@ def test_ids_with_slashes_or_query_characters_stay_one_unknown_id(
         assert isinstance(raised.value, UnknownInstance) and instance_id in str(raised.value)
     with pytest.raises(FuselineError):
         client.cancel_instance(instance_id)
+    assert site.rows() == before
+
+
+@pytest.mark.parametrize("name", ["team/nightly", "a/pause", "fire", "x?y=1", "../instances"])
+def test_step_and_schedule_names_with_slashes_reach_their_route(
+    site: Site, client: HttpBrokerClient, name: str
+) -> None:
+    """Names are free text ('/' included): each reaches its own route and is refused as unknown."""
+    before = site.rows()
+    with pytest.raises(UnknownSchedule) as raised:
+        client.pause_schedule(name)
+    assert name in str(raised.value)
+    with pytest.raises(UnknownSchedule):
+        client.remove_schedule(name)
+    with pytest.raises(UnknownInstance):
+        client.set_step_output(UNKNOWN, name, 1)
     assert site.rows() == before
 
 
