@@ -36,6 +36,8 @@ from fuseline import Computed, Depends, Step, Workflow
 from fuseline.policies import ConcurrencyLimit, RateLimit, RetryPolicy
 
 DATABASE_ENV = "FUSELINE_DATABASE_URL"
+#: The ledger's database for workers that have no ``FUSELINE_DATABASE_URL`` (behind a server).
+LEDGER_ENV = "CHAOS_LEDGER_URL"
 LEDGER_TABLE = "chaos_ledger"
 #: How long a step waits for the database (a ledger insert) before giving up.
 LEDGER_PATIENCE_SECONDS = 120.0
@@ -86,7 +88,7 @@ class Ledger:
     def _connect(self) -> Any:
         from sqlalchemy.engine import make_url
 
-        url = make_url(os.environ[DATABASE_ENV])
+        url = make_url(os.environ.get(LEDGER_ENV) or os.environ[DATABASE_ENV])
         if url.get_backend_name() == "sqlite":
             import sqlite3
 
