@@ -32,6 +32,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+_LOGIN_CSRF = re.compile(r'name="login_csrf" value="([^"]+)"')
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Site:
         """An HTTP client, signed in with the ``role``'s token unless None."""
         with httpx.Client(base_url=self.url, timeout=30, follow_redirects=False) as client:
             if role is not None:
-                response = client.post("/login", data={"token": self.tokens[role], "next": "/instances"})
+                response = post_login(client, {"token": self.tokens[role], "next": "/instances"})
                 assert response.status_code == 303, response.text
             yield client
 
@@ -57,6 +58,19 @@ def csrf_of(html: str) -> str:
     match = _CSRF.search(html)
     assert match is not None, "the page has no CSRF field"
     return match.group(1)
+
+
+def login_csrf_of(html: str) -> str:
+    match = _LOGIN_CSRF.search(html)
+    assert match is not None, "the sign-in form has no pre-session field"
+    return match.group(1)
+
+
+def post_login(client: httpx.Client, data: dict[str, str]) -> httpx.Response:
+    """Post the sign-in form as a browser does: fetch it first (its pre-session cookie and field)."""
+    form = client.get("/login")
+    assert form.status_code == 200, form.text
+    return client.post("/login", data={"login_csrf": login_csrf_of(form.text)} | data)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 
 from fuseline.service.dashboard import sessions
 from fuseline.service.tokens import TokenStore
-from tests.dashboard.conftest import Site, csrf_of
+from tests.dashboard.conftest import Site, csrf_of, post_login
 from tests.dashboard.flows import pipeline
 
 #: A revoked token's sessions end within this (the dashboard re-reads a token every 0.5 s).
@@ -26,7 +26,7 @@ def test_pages_need_a_session(site: Site) -> None:
 
 def test_sign_in_sets_a_strict_httponly_cookie_without_the_token(site: Site) -> None:
     with site.client() as client:
-        response = client.post("/login", data={"token": site.tokens["operator"], "next": "/workers"})
+        response = post_login(client, {"token": site.tokens["operator"], "next": "/workers"})
         assert response.status_code == 303 and response.headers["location"] == "/workers"
         cookie = response.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
@@ -38,18 +38,19 @@ def test_sign_in_sets_a_strict_httponly_cookie_without_the_token(site: Site) -> 
 
 def test_bad_and_worker_tokens_cannot_sign_in(site: Site) -> None:
     with site.client() as client:
-        bad = client.post("/login", data={"token": "flt_000000000000_" + "a" * 43})
-        assert bad.status_code == 401 and "not valid" in bad.text and "set-cookie" not in bad.headers
-        worker = client.post("/login", data={"token": site.tokens["worker"]})
+        bad = post_login(client, {"token": "flt_000000000000_" + "a" * 43})
+        assert bad.status_code == 401 and "not valid" in bad.text
+        assert sessions.COOKIE not in bad.headers.get("set-cookie", "")
+        worker = post_login(client, {"token": site.tokens["worker"]})
         assert worker.status_code == 403 and "worker token" in worker.text
-        assert "set-cookie" not in worker.headers
-        assert client.post("/login", data={"next": "https://evil.example/"}).status_code == 401
+        assert sessions.COOKIE not in worker.headers.get("set-cookie", "")
+        assert post_login(client, {"next": "https://evil.example/"}).status_code == 401
 
 
 def test_sign_in_goes_back_only_to_this_site(site: Site) -> None:
     with site.client() as client:
         for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "/\t/evil.example"):
-            response = client.post("/login", data={"token": site.tokens["viewer"], "next": target})
+            response = post_login(client, {"token": site.tokens["viewer"], "next": target})
             assert response.headers["location"] == "/instances", target
 
 

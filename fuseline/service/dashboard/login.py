@@ -2,7 +2,8 @@
 
 The token is checked once (``TokenStore.verify``: scrypt the first time, so a plain ``def``
 route on the thread pool) and never stored: the session cookie keeps its id. Worker tokens
-may not sign in; they are for the worker API only.
+may not sign in; they are for the worker API only. The form itself is protected against
+login CSRF by a pre-session (:mod:`.presession`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..context import context_of
 from ..tokens import Role, token_id_of
-from . import sessions
+from . import presession, sessions
 from .access import Form, checked_form, form_fields, secret_of
 from .render import PageRoute, page
 
@@ -34,19 +35,39 @@ def _safe_next(target: str | None) -> str:
     return target
 
 
+def _login_page(request: Request, target: str, *, status: int = 200, message: str | None = None) -> Response:
+    """The sign-in form with a fresh pre-session: its cookie set, its field in the form."""
+    pre = presession.issue(secret_of(request))
+    response = page(request, "login.html", status=status, next=target, message=message, login_csrf=pre.field)
+    response.set_cookie(
+        presession.COOKIE,
+        pre.cookie,
+        max_age=presession.SECONDS,
+        path=presession.PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
 @router.get("/login")
 def login_form(request: Request, next: str | None = None) -> Response:
-    return page(request, "login.html", next=_safe_next(next), message=None)
+    return _login_page(request, _safe_next(next))
 
 
 @router.post("/login")
 def login(request: Request, form: Form = Depends(form_fields)) -> Response:  # noqa: B008 (FastAPI's way)
-    token = form.get("token", "").strip()
     target = _safe_next(form.get("next"))
+    cookie = request.cookies.get(presession.COOKIE)
+    if not presession.valid(secret_of(request), cookie, form.get(presession.FIELD)):
+        message = "This sign-in form expired or did not come from this site: sign in again here."
+        return _login_page(request, target, status=403, message=message)
+    token = form.get("token", "").strip()
     identity = context_of(request).tokens.verify(token) if token else None
     token_id = token_id_of(token)
     if identity is None or token_id is None:
-        return page(request, "login.html", status=401, next=target, message="That token is not valid.")
+        return _login_page(request, target, status=401, message="That token is not valid.")
     if identity.role is Role.WORKER:
         message = f"{identity.name} is a worker token: only viewer and operator tokens may sign in."
         return page(request, "error.html", status=403, title="Not allowed", message=message)
@@ -61,6 +82,7 @@ def login(request: Request, form: Form = Depends(form_fields)) -> Response:  # n
         samesite="strict",
         secure=request.url.scheme == "https",
     )
+    response.delete_cookie(presession.COOKIE, path=presession.PATH, httponly=True, samesite="strict")
     return response
 
 
