@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from ..context import ServiceContext
-from . import actions, login, pages
+from . import actions, login, pages, schedule_actions
 from .reads import DashboardReads
 from .render import STATIC
 
@@ -27,4 +27,5 @@ def mount(app: FastAPI) -> None:
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(actions.router)
+    app.include_router(schedule_actions.router)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC), name="dashboard-static")

@@ -86,7 +86,5 @@ def operator_form(
 ) -> Form:
     """A checked form from an operator; viewers are refused (they may only look)."""
     if not viewer.can_change:
-        raise Refused(
-            f"{viewer.name} has the {viewer.identity.role.value} role: only operators change instances"
-        )
+        raise Refused(f"{viewer.name} has the {viewer.identity.role.value} role: only operators make changes")
     return form
