@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format chaos bench bench-quick clean
+.PHONY: install demo test lint format chaos bench bench-quick bench-http clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench-quick: $(STAMP)
 	bash bench/peers/run_all.sh --quick
 	$(PY) bench/fuseline_bench.py --quick
 	$(PY) bench/report.py
+
+## bench-http: fuseline server against direct database workers, and 200 workers on one server (about 3 minutes)
+bench-http: $(STAMP)
+	$(PY) bench/http_bench.py $(BENCH_ARGS)
 
 ## chaos: the chaos tests (tests/chaos) at the reliability matrix's full scale; takes a while.
 ## Each test prints its numbers; FUSELINE_CHAOS_REPORT=path.json also collects them in one file.
