@@ -146,3 +146,31 @@ def test_a_worker_token_is_refused_and_a_revoked_one_signs_out(browser: Any, sit
     time.sleep(1.0)
     browser.get(f"{site.url}/instances")
     assert "/login" in browser.current_url and browser.find_elements(By.ID, "token")
+
+
+def shown_counts(browser: Any) -> dict[str, str]:
+    """The instance counts the page shows now, by status."""
+    elements = browser.find_elements(By.CSS_SELECTOR, "#counts [data-count]")
+    return {e.get_attribute("data-count"): e.text for e in elements}
+
+
+def wait_for_counts(browser: Any, wanted: dict[str, str]) -> float:
+    """Wait (reading the page, never reloading it) until it shows ``wanted``; the seconds it took."""
+    started = time.monotonic()
+    WebDriverWait(browser, PATIENCE, poll_frequency=0.05).until(
+        lambda b: all(shown_counts(b).get(status) == count for status, count in wanted.items())
+    )
+    return time.monotonic() - started
+
+
+def test_the_instance_counts_follow_the_database_without_a_reload(browser: Any, site: Site) -> None:
+    sign_in(browser, site, "viewer")
+    assert shown_counts(browser) == {"RUNNING": "0", "SUCCEEDED": "0", "FAILED": "0", "CANCELLED": "0"}
+    browser.execute_script("window.fuselineNotReloaded = true;")  # a reload would drop it
+    site.broker.dispatch_workflow(pipeline.to_schema(), {"count": 2})
+    site.broker.dispatch_workflow(pipeline.to_schema(), {"count": 2})
+    dispatched = wait_for_counts(browser, {"RUNNING": "2", "SUCCEEDED": "0"})
+    with running_worker(site.database_url, pipeline):
+        finished = wait_for_counts(browser, {"RUNNING": "0", "SUCCEEDED": "2"})
+    assert browser.execute_script("return window.fuselineNotReloaded === true;"), "the page was reloaded"
+    print(f"counts showed the dispatch after {dispatched:.2f} s and the runs after {finished:.2f} s")
