@@ -133,3 +133,28 @@ def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
         assert claimed_n(broker, alive) == 2
     finally:
         broker.close()
+
+
+def test_a_claim_that_started_before_a_lowering_does_not_raise_the_floor_over_the_steps_put_back() -> None:
+    """One broker claims on many threads (a server serving many workers): a claim that began
+    before the reaper put a step back cannot have seen it, so when it ends it may not lift the
+    floor above that step; the first claim that began after the lowering may."""
+    from datetime import datetime, timedelta, timezone
+
+    from fuseline.broker.sql.claimfloor import FLOOR_SLACK, ClaimFloors
+
+    key = ("wf", "1", "default")
+    old = datetime(2026, 12, 2, 10, 0, tzinfo=timezone.utc)
+    new = old + timedelta(minutes=5)
+    floors = ClaimFloors()
+    floors.follow([(key, 0, old + timedelta(minutes=1))], floors.ticket())
+
+    before = floors.ticket()  # a claim starts...
+    floors.lower([(key, old)])  # ...the reaper puts back a step that became available at `old`
+    floors.follow([(key, 0, new)], before)  # ...and the claim ends with a newer step
+    floors._last_full_scan = float("inf")  # no full scan may hide the outcome: read the floor itself
+    assert floors.for_next_claim([key]) == [old - FLOOR_SLACK]
+
+    after = floors.ticket()  # a claim that started after the lowering read from below `old`
+    floors.follow([(key, 0, new)], after)
+    assert floors.for_next_claim([key]) == [new - FLOOR_SLACK]

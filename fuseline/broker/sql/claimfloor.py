@@ -10,8 +10,15 @@ per workflow, when the oldest step of its last claim had become available,
 and the next claim reads from a little before that (``FLOOR_SLACK``).
 
 Steps whose lease expired go back to their old place in line, below the
-floors; the broker that reaps them lowers its own floors (``lower``), so its
-next claims take them first.
+floors; the broker that reaps them lowers its own floors (``lower``, after
+its transaction committed), so its next claims take them first. A broker
+claims on several threads at once (a prefetching worker, and above all
+``fuseline server``, whose one broker claims for every worker behind it), so
+a claim that started before the lowering, and could not see the steps put
+back, must not raise the floor over them when it ends: each lowering *pins*
+the floor, and only a claim that started after it may lift the pin (it read
+from the lowered floor, so the steps were its own or a concurrent claim's).
+Without the pin, such steps waited for the next full scan, up to 10 s.
 
 The floor is only a hint. A step below it (queued by a transaction that
 committed more than ``FLOOR_SLACK`` late, or a claim that was rolled back)
@@ -26,6 +33,7 @@ entries.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -50,6 +58,15 @@ class ClaimFloors:
     def __init__(self) -> None:
         self._floors: dict[Key, datetime] = {}
         self._last_full_scan = float("-inf")
+        self._lock = threading.Lock()
+        #: Bumped by each lowering; a claim's ticket is its value when the claim started.
+        self._epoch = 0
+        #: Per key: the lowest floor a lowering set, and the epoch it set it in.
+        self._pins: dict[Key, tuple[datetime, int]] = {}
+
+    def ticket(self) -> int:
+        """Taken before a claim reads its floors, and handed back to :meth:`follow`."""
+        return self._epoch
 
     def for_next_claim(self, keys: Sequence[Key]) -> list[datetime | None]:
         """The floors the next claim reads from: all None (a full scan) once per
@@ -69,16 +86,26 @@ class ClaimFloors:
         self._last_full_scan = now
         return True
 
-    def follow(self, claimed: Sequence[tuple[Key, int, datetime]]) -> None:
+    def follow(self, claimed: Sequence[tuple[Key, int, datetime]], ticket: int | None = None) -> None:
         """Move each key's floor to just below the oldest default-priority step just claimed.
 
-        ``claimed`` holds (key, urgency, available_at) in queue order.
+        ``claimed`` holds (key, urgency, available_at) in queue order; ``ticket`` is the
+        claim's (:meth:`ticket`): a claim older than a key's pin leaves the floor at the pin.
         """
         seen: set[Key] = set()
-        for key, urgency, available_at in claimed:
-            if urgency == 0 and key not in seen:
+        with self._lock:
+            for key, urgency, available_at in claimed:
+                if urgency != 0 or key in seen:
+                    continue
                 seen.add(key)
-                self._floors[key] = available_at - FLOOR_SLACK
+                floor = available_at - FLOOR_SLACK
+                pin = self._pins.get(key)
+                if pin is not None:
+                    if ticket is None or ticket < pin[1]:
+                        floor = min(floor, pin[0])  # it could not see what the lowering put back
+                    else:
+                        del self._pins[key]
+                self._floors[key] = floor
 
     def lower(self, requeued: Sequence[tuple[Key, datetime | None]]) -> None:
         """Steps put back at their old place in line (expired leases): the next claims see them.
@@ -87,10 +114,17 @@ class ClaimFloors:
         other brokers find the steps at their next full scan, and this one
         (which reaped them while claiming) claims them first.
         """
-        for key, available_at in requeued:
-            current = self._floors.get(key)
-            if available_at is not None and current is not None and available_at - FLOOR_SLACK < current:
-                self._floors[key] = available_at - FLOOR_SLACK
+        with self._lock:
+            self._epoch += 1
+            for key, available_at in requeued:
+                if available_at is None:
+                    continue
+                floor = available_at - FLOOR_SLACK
+                current = self._floors.get(key)
+                if current is not None and floor < current:
+                    self._floors[key] = floor
+                pin = self._pins.get(key)
+                self._pins[key] = (min(floor, pin[0]) if pin is not None else floor, self._epoch)
 
 
 class NoFloors(ClaimFloors):
@@ -102,7 +136,7 @@ class NoFloors(ClaimFloors):
     def rescan_when_empty(self) -> bool:
         return False
 
-    def follow(self, claimed: Sequence[tuple[Key, int, datetime]]) -> None:
+    def follow(self, claimed: Sequence[tuple[Key, int, datetime]], ticket: int | None = None) -> None:
         pass
 
     def lower(self, requeued: Sequence[tuple[Key, datetime | None]]) -> None:

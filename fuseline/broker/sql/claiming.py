@@ -242,14 +242,17 @@ class Claimer:
     def from_floors(self, worker_id: str, keys: Sequence[Key], limit: int) -> list[ClaimRow]:
         """Claim above the floors of :class:`.claimfloor.ClaimFloors`, and from the start when that
         finds nothing and no full scan ran for a second. The floors follow the claim."""
+        ticket = self.floors.ticket()
         floors = self.floors.for_next_claim(keys)
         rows = self.source.claim(worker_id, keys, floors, limit)
         if not rows and any(f is not None for f in floors) and self.floors.rescan_when_empty():
             rows = self.source.claim(worker_id, keys, [None] * len(keys), limit)
-        self.follow(rows)
+        self.follow(rows, ticket)
         return rows
 
-    def follow(self, rows: Sequence[ClaimRow]) -> None:
+    def follow(self, rows: Sequence[ClaimRow], ticket: int) -> None:
+        """Move the floors after a claim that started at ``ticket`` (see ClaimFloors.follow)."""
         self.floors.follow(
-            [((row.workflow_id, row.version, row.queue), row.urgency, row.available_at) for row in rows]
+            [((row.workflow_id, row.version, row.queue), row.urgency, row.available_at) for row in rows],
+            ticket,
         )

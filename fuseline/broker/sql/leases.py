@@ -128,15 +128,14 @@ class Reaper:
             expired = conn.execute(self.leases.steps_expired_requeueable, {"p_limit": REAP_BATCH}).all()
             if expired:
                 conn.execute(self.leases.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
-                self.floors.lower(
-                    [((r.workflow_id, r.version, r.queue), aware(r.available_at)) for r in expired]
-                )
                 self.db.announce_work(conn)
                 for r in expired:
                     history.add(r.instance_id, EventKind.LEASE_EXPIRED, r.name, r.attempt, r.worker_id)
                 history.write(conn, self.events)
             final = conn.execute(self.leases.steps_expired_final, {"p_limit": REAP_BATCH}).all()
             conn.execute(self.claims.starts_prune, {"p_window": RATE_WINDOW_MAX, "p_limit": PRUNE_BATCH})
+        # Committed: a claim that starts from now on sees the steps put back (see ClaimFloors).
+        self.floors.lower([((r.workflow_id, r.version, r.queue), aware(r.available_at)) for r in expired])
         for row in final:
             self._fail_lost_step(row)
         return len(expired) + len(final)

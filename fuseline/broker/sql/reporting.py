@@ -277,10 +277,11 @@ class Reporter:
             self.report(worker_id, report)
             return _first(self.claimer.claim(worker_id, 1))
         assert self.one_statement is not None
+        ticket = self.claimer.floors.ticket()
         floor = self.claimer.floors.for_next_claim(serving.keys)[0]
         accepted, row = self.one_statement.succeed_then_claim(prepared, serving.keys[0], floor)
         if row is not None:
-            self.claimer.follow([row])
+            self.claimer.follow([row], ticket)
         if not accepted:
             # Refused, or a replay of a report accepted earlier: the claim's guard (this step
             # SUCCEEDED at this attempt, reported by this worker) holds for a replay too, so a
