@@ -130,34 +130,32 @@ def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBrok
 
 
 @pytest.fixture(scope="session")
-def http_servers(postgres_session_url: URL) -> Iterator[Any]:
-    """Servers for the HTTP contract runs, with the next default one started ahead of time."""
-    from tests.support.servers import ServerPool
+def contract_servers(postgres_session_url: URL) -> Iterator[Any]:
+    """Long-lived server processes for the HTTP contract runs (a fresh broker per test)."""
+    from tests.support.contract_servers import ContractServers
 
-    pool = ServerPool(url_text(postgres_session_url))
-    yield pool
-    pool.close()
+    servers = ContractServers(url_text(postgres_session_url))
+    yield servers
+    servers.close()
 
 
 @pytest.fixture
-def broker_factory_http(postgres_url: URL, http_servers: Any) -> Iterator[Callable[..., Broker]]:
-    """HttpBrokerClients, each on a real ``fuseline server`` process of its own over the
-    PostgreSQL database, with an operator token (every right: the worker API and changes)."""
+def broker_factory_http(postgres_url: URL, contract_servers: Any) -> Iterator[Callable[..., Broker]]:
+    """HttpBrokerClients on real ``fuseline server`` processes over the PostgreSQL database, each
+    server with a broker built for this test, and an operator token (every right)."""
     from fuseline.clients.http import HttpBrokerClient
 
-    token = http_servers.restore_token()  # the tables were just emptied: put the session's token back
-    made: list[tuple[Any, HttpBrokerClient]] = []
+    token = contract_servers.start_test()
+    made: list[HttpBrokerClient] = []
 
     def make(lease_seconds: float = 30.0, max_result_bytes: int = 1024 * 1024) -> HttpBrokerClient:
-        server = http_servers.take(lease_seconds=lease_seconds, max_result_bytes=max_result_bytes)
-        client = HttpBrokerClient(server.url, token)
-        made.append((server, client))
-        return client
+        url = contract_servers.take(lease_seconds=lease_seconds, max_result_bytes=max_result_bytes)
+        made.append(HttpBrokerClient(url, token))
+        return made[-1]
 
     yield make
-    for server, client in made:
+    for client in made:
         client.close()
-        server.kill()  # a graceful stop takes 0.2 s, hundreds of times; nothing is left to finish
 
 
 @pytest.fixture

@@ -16,8 +16,11 @@ from fuseline.errors import LeaseLost, UnknownWorker
 from . import workflows as wf
 from .support import UNKNOWN_IDS, claim, register, report, states, succeed, trail
 
-LEASE = 0.3
-PAST_LEASE = 0.45
+#: Short, but with room for a worker's calls through fuseline server on a busy machine: a
+#: worker not heard from for 2 x LEASE is dead, and the tests register, dispatch and claim
+#: before sleeping PAST_LEASE.
+LEASE = 0.4
+PAST_LEASE = 0.55
 
 
 def test_an_expired_lease_queues_the_step_again_with_the_next_attempt(make_broker):
