@@ -82,6 +82,10 @@ class HttpBrokerClient(Broker, BrokerClient):
         )
         self._info: dict[str, Any] | None = None
         self._generation: int | None = None
+        #: Workers registered through this client, with the batch size each last claimed.
+        self._limits: dict[str, int] = {}
+        #: Steps a wait for work claimed, handed out by the worker's next claim.
+        self._waited: dict[str, list[StepAssignment]] = {}
 
     def __repr__(self) -> str:  # never the token
         return f"HttpBrokerClient({self.url!r})"
@@ -154,9 +158,13 @@ class HttpBrokerClient(Broker, BrokerClient):
             "pid": pid if pid is not None else os.getpid(),
             "queues": list(queues) if queues is not None else None,
         }
-        return str(self._call("POST", "/workers", body=body)["worker_id"])
+        worker_id = str(self._call("POST", "/workers", body=body)["worker_id"])
+        self._limits[worker_id] = 1
+        return worker_id
 
     def deregister_worker(self, worker_id: str) -> None:
+        self._limits.pop(worker_id, None)
+        self._waited.pop(worker_id, None)  # the server queues them again with the worker's other steps
         self._call("DELETE", f"/workers/{worker_id}")
 
     def get_step(self, worker_id: str) -> StepAssignment | None:
@@ -164,7 +172,14 @@ class HttpBrokerClient(Broker, BrokerClient):
         return claimed[0] if claimed else None
 
     def get_steps(self, worker_id: str, limit: int) -> list[StepAssignment]:
-        answer = self._call("POST", f"/workers/{worker_id}/claim", body={"limit": max(1, int(limit))})
+        limit = max(1, int(limit))
+        if worker_id in self._limits:
+            self._limits[worker_id] = limit
+        waited = self._waited.get(worker_id)
+        if waited:
+            taken, self._waited[worker_id] = waited[:limit], waited[limit:]
+            return taken
+        answer = self._call("POST", f"/workers/{worker_id}/claim", body={"limit": limit})
         return wire.decode_list(StepAssignment, answer["assignments"])
 
     def report_step(self, worker_id: str, report: StepReport) -> None:
@@ -192,12 +207,31 @@ class HttpBrokerClient(Broker, BrokerClient):
         return wire.decode_list(Lease, self._call("POST", f"/workers/{worker_id}/heartbeat")["leases"])
 
     def wait_for_work(self, timeout: float) -> bool:
+        """Wait until work may be ready. A client serving one worker claims *while* it waits
+        (one round trip, and the server wakes one waiter per step instead of all of them): the
+        steps it gets go to that worker's next claim. Otherwise, a plain wait."""
+        if len(self._limits) == 1:
+            worker_id, limit = next(iter(self._limits.items()))
+            return self._claim_waiting(worker_id, limit, timeout)
         params: dict[str, Any] = {"timeout": max(0.0, min(timeout, 30.0))}
         if self._generation is not None:
             params["since"] = self._generation
         answer = self._call("GET", "/work", params=params, timeout=timeout + DEFAULT_TIMEOUT)
         self._generation = int(answer["generation"])
         return bool(answer["work"])
+
+    def _claim_waiting(self, worker_id: str, limit: int, timeout: float) -> bool:
+        body = {"limit": limit, "wait": max(0.0, min(timeout, 30.0))}
+        try:
+            answer = self._call(
+                "POST", f"/workers/{worker_id}/claim", body=body, timeout=timeout + DEFAULT_TIMEOUT
+            )
+        except BrokerError:  # listed dead, say: the worker's own claim meets it and deals with it
+            return True
+        claimed = wire.decode_list(StepAssignment, answer["assignments"])
+        if claimed:
+            self._waited.setdefault(worker_id, []).extend(claimed)
+        return bool(claimed)
 
     def has_running_instances(self, workflows: Sequence[tuple[str, str]] | None = None) -> bool:
         pairs = [list(p) for p in workflows] if workflows is not None else None

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -41,6 +42,9 @@ class WorkflowsBody(BaseModel):
 
 class ClaimBody(BaseModel):
     limit: int = Field(1, ge=1, le=1000)
+    wait: float = Field(
+        0.0, ge=0, le=MAX_WAIT_SECONDS, description="when nothing is ready, wait this long for work"
+    )
 
 
 class ReportBody(BaseModel):
@@ -110,10 +114,18 @@ def deregister_worker(worker_id: str, request: Request) -> JSONResponse:
     return answer({})
 
 
-@router.post("/workers/{worker_id}/claim", summary="Claim up to `limit` steps")
-def claim(worker_id: str, body: ClaimBody, request: Request) -> JSONResponse:
-    broker = context_of(request).broker
-    claimed = broker.get_steps(worker_id, body.limit) if body.limit > 1 else _one(broker.get_step(worker_id))
+@router.post("/workers/{worker_id}/claim", summary="Claim up to `limit` steps, waiting up to `wait` s")
+async def claim(worker_id: str, body: ClaimBody, request: Request) -> JSONResponse:
+    context = context_of(request)
+    broker = context.broker
+
+    def once() -> list[StepAssignment]:
+        return broker.get_steps(worker_id, body.limit) if body.limit > 1 else _one(broker.get_step(worker_id))
+
+    if body.wait > 0:  # a long poll: holds no thread and no connection while it waits
+        claimed = await context.hub.claim_or_wait(lambda: run_in_threadpool(once), body.wait)
+    else:
+        claimed = await run_in_threadpool(once)
     return answer({"assignments": [wire.encode(a) for a in claimed]})
 
 

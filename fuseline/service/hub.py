@@ -7,17 +7,31 @@ process waits on the broker (PostgreSQL's LISTEN connection, or SQLite's
 short poll) and counts the wake-ups in a *generation*; each waiting request
 is an asyncio future that the thread resolves when the generation moves.
 
-A worker passes the generation it last saw: if work was announced between
-its empty claim and its wait, the generation has already moved and the wait
-returns at once, so no announcement falls between two requests.
+Workers wait by *claiming with a wait* (:meth:`WorkHub.claim_or_wait`): the
+request claims, and when nothing is there it joins a queue of waiting
+claimers before the claim, so an announcement between the two still wakes
+it. An announcement wakes the first waiter only, and a woken claimer that
+got work wakes two more (there may be more work), while one that got nothing
+stops the chain: a burst of work reaches 200 idle workers in a few rounds,
+and one new step costs one claim, not 200 (a thundering herd).
+
+The plain wait (:meth:`WorkHub.wait`) is kept for clients that claim
+separately: it passes the generation it last saw, and if work was announced
+between its empty claim and its wait, the generation has already moved and
+the wait returns at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 logger = logging.getLogger("fuseline.server")
 
@@ -32,6 +46,8 @@ class WorkHub:
         self._wait_for_work = wait_for_work
         self.generation = 0
         self._waiters: set[asyncio.Future[None]] = set()
+        #: Claimers waiting for work, first come first woken.
+        self._claimers: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,6 +77,47 @@ class WorkHub:
         finally:
             self._waiters.discard(future)
 
+    async def claim_or_wait(self, claim: Callable[[], Awaitable[list[T]]], timeout: float) -> list[T]:
+        """What ``claim`` returns, claiming again each time this waiter is woken, until it
+        returns something or ``timeout`` seconds pass (then ``[]``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            turn: asyncio.Future[None] = loop.create_future()
+            self._claimers.append(turn)  # before the claim: an announcement from now on wakes it
+            try:
+                claimed = await claim()
+            except BaseException:
+                self._leave(turn)
+                raise
+            if claimed:
+                self._leave(turn)
+                self._wake_claimers(2)  # there may be more: pass it on
+                return claimed
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._leave(turn)
+                return []
+            try:
+                await asyncio.wait_for(asyncio.shield(turn), remaining)
+            except asyncio.TimeoutError:
+                self._leave(turn)
+                return []
+
+    def _leave(self, turn: asyncio.Future[None]) -> None:
+        """Leave the queue; a wake-up this claimer will not use goes to the next one."""
+        with contextlib.suppress(ValueError):  # already woken, so already out of the queue
+            self._claimers.remove(turn)
+        if turn.done():
+            self._wake_claimers(1)
+
+    def _wake_claimers(self, count: int) -> None:
+        while count > 0 and self._claimers:
+            turn = self._claimers.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                count -= 1
+
     def _listen(self) -> None:
         while not self._stopping.is_set():
             try:
@@ -76,6 +133,7 @@ class WorkHub:
 
     def _wake(self) -> None:
         self.generation += 1
+        self._wake_claimers(1)
         waiters, self._waiters = self._waiters, set()
         for future in waiters:
             if not future.done():

@@ -116,3 +116,31 @@ def test_the_hub_answers_waits_when_work_is_announced_and_not_before() -> None:
     assert quiet is False
     assert woken is True
     assert late is True
+
+
+def test_one_new_step_wakes_one_waiting_claimer_not_all_of_them() -> None:
+    """Five idle workers wait by claiming; one step arrives with one announcement: one worker
+    gets it, and the chain of wake-ups stops at the first claim that finds nothing, instead of
+    five claims racing for one step."""
+
+    async def scenario() -> tuple[list[list[str]], int]:
+        hub = WorkHub(lambda timeout: False)
+        queue: list[str] = []
+        claims = 0
+
+        async def claim() -> list[str]:
+            nonlocal claims
+            claims += 1
+            return [queue.pop()] if queue else []
+
+        waiting = [asyncio.create_task(hub.claim_or_wait(claim, 1.0)) for _ in range(5)]
+        await asyncio.sleep(0.05)
+        assert claims == 5  # each claimed once, found nothing, and waits
+        queue.append("step")
+        hub._wake()  # what the listening thread schedules on a notification
+        results = await asyncio.gather(*waiting)
+        return results, claims - 5
+
+    results, claims_after = asyncio.run(scenario())
+    assert sorted(results) == [[], [], [], [], ["step"]]
+    assert claims_after <= 3, f"{claims_after} claims for one step"
