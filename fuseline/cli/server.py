@@ -56,7 +56,9 @@ def server(
 
     level = log_level.lower()
     if level not in LOG_LEVELS:
-        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
+        raise typer.BadParameter(
+            f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
+        )
     url = settings(ctx).url
     with user_errors():  # a wrong URL or a database not migrated: one line, before listening
         broker = SqlBroker.for_url(url)
