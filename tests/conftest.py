@@ -129,9 +129,10 @@ def broker_factory_postgres(postgres_url: URL) -> Iterator[Callable[..., SqlBrok
         broker.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def contract_servers(postgres_session_url: URL) -> Iterator[Any]:
-    """Long-lived server processes for the HTTP contract runs (a fresh broker per test)."""
+    """Server processes for a module's HTTP contract runs (a fresh broker per test), gone with the
+    module: they listen on the session's database, where later tests count listening sessions."""
     from tests.support.contract_servers import ContractServers
 
     servers = ContractServers(url_text(postgres_session_url))

@@ -318,7 +318,6 @@ def test_the_engine_heartbeats_keep_a_long_step_leased(make_broker, make_engine)
     broker = make_broker(lease_seconds=0.3)
     instance_id = wf.SLEEPY.dispatch(broker, {"seconds": 0.8})
     engine = make_engine(broker, wf.SLEEPY)
-    rival = register(broker, wf.SLEEPY)
     ran: list[int] = []
     worker = threading.Thread(target=lambda: ran.append(engine.work()))
     worker.start()
@@ -326,6 +325,7 @@ def test_the_engine_heartbeats_keep_a_long_step_leased(make_broker, make_engine)
     while broker.get_instance(instance_id).step("sleepy").state is not Status.RUNNING:
         assert time.monotonic() < deadline, "the engine never claimed the step"
         time.sleep(0.01)
+    rival = register(broker, wf.SLEEPY)  # now: registered earlier, it could be dead by the first beat
 
     stolen: list[StepAssignment] = []
     while worker.is_alive():  # a rival keeps asking while the step runs for over two leases

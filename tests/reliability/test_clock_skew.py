@@ -69,6 +69,12 @@ ALLOWED = {
     # use the server's clock_timestamp().
     ("fuseline/broker/sql/engine.py", "sqlite_now", "datetime.datetime.now"),
     ("fuseline/broker/sql/engine.py", "sqlite_now_plus", "datetime.datetime.now"),
+    # The dashboard's signed cookies (the session, and the sign-in form's pre-session) expire
+    # by the server's clock: a skewed server ends sessions early or late, never a lease.
+    ("fuseline/service/dashboard/sessions.py", "issue", "time.time"),
+    ("fuseline/service/dashboard/sessions.py", "read", "time.time"),
+    ("fuseline/service/dashboard/presession.py", "issue", "time.time"),
+    ("fuseline/service/dashboard/presession.py", "nonce_of", "time.time"),
 }
 
 #: Allowed inside LEASE_CODE: the database clock itself (see ALLOWED).

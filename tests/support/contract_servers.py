@@ -41,7 +41,10 @@ def _serve(settings: ServerSettings, port: int, control: Connection) -> None:
         )
 
     broker = new_broker(settings)
-    context = ServiceContext(broker, TokenStore(broker))
+    # Tokens are checked through a broker of their own, kept for the process's life: each test
+    # puts the same token rows back, so the store's scrypt result stays valid from test to test.
+    tokens = TokenStore(SqlBroker(settings.database_url, connections=1, listen=False))
+    context = ServiceContext(broker, tokens)
 
     def renew() -> None:
         while True:
@@ -51,7 +54,7 @@ def _serve(settings: ServerSettings, port: int, control: Connection) -> None:
                 return
             fresh = new_broker(chosen)
             old = context.broker
-            context.broker, context.tokens = fresh, TokenStore(fresh)
+            context.broker = fresh
             context.hub._wait_for_work = fresh.wait_for_work
             context.__dict__.pop("_registry", None)
             old.close()
