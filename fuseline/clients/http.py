@@ -52,6 +52,7 @@ from ..errors import (
     ResultNotSerializable,
     ResultTooLarge,
     ServiceUnavailable,
+    WorkerExpired,
 )
 from ..service import wire
 from ..states import Status
@@ -179,7 +180,11 @@ class HttpBrokerClient(Broker, BrokerClient):
         if waited:
             taken, self._waited[worker_id] = waited[:limit], waited[limit:]
             return taken
-        answer = self._call("POST", f"/workers/{worker_id}/claim", body={"limit": limit})
+        try:
+            answer = self._call("POST", f"/workers/{worker_id}/claim", body={"limit": limit})
+        except WorkerExpired:
+            self._limits.pop(worker_id, None)  # it registers again under a new id
+            raise
         return wire.decode_list(StepAssignment, answer["assignments"])
 
     def report_step(self, worker_id: str, report: StepReport) -> None:

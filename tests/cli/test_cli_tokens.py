@@ -47,6 +47,7 @@ def test_the_role_option_shows_an_example() -> None:
     assert "e.g. --role " in option_help(help_of(("tokens", "create")), "--role")
 
 
+@on_backend("postgres")  # the store's SQL on both backends: tests/service/test_tokens.py
 def test_create_list_and_revoke(cli: Cli) -> None:
     created = cli.ok("tokens", "create", "ci-deploy", "--role", "operator")
     token = created.stdout.splitlines()[-1]

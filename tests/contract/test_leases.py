@@ -19,8 +19,8 @@ from .support import UNKNOWN_IDS, claim, register, report, states, succeed, trai
 #: Short, but with room for a worker's calls through fuseline server on a busy machine: a
 #: worker not heard from for 2 x LEASE is dead, and the tests register, dispatch and claim
 #: before sleeping PAST_LEASE.
-LEASE = 0.4
-PAST_LEASE = 0.55
+LEASE = 0.6
+PAST_LEASE = 0.8
 
 
 def test_an_expired_lease_queues_the_step_again_with_the_next_attempt(make_broker):

@@ -136,6 +136,9 @@ def test_ctrl_c_while_a_run_waits_stops_claiming_and_joins_the_pool() -> None:
         time.sleep(IN_HAND_SECONDS)  # the interrupt is seen while the step is still in hand
         release.set()
 
+    # Ctrl-C must reach Python's own handler: an earlier test of the session may have left
+    # another one (a library's event loop, say), which this test is not about.
+    earlier_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=press_ctrl_c)
     presser.start()
     try:
@@ -144,6 +147,7 @@ def test_ctrl_c_while_a_run_waits_stops_claiming_and_joins_the_pool() -> None:
     finally:
         release.set()
         presser.join(5)
+        signal.signal(signal.SIGINT, earlier_handler)
 
     assert ran == ["slow"]
     assert pool_threads() == []
