@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash bench/peers/run_all.sh
 	$(PY) bench/fuseline_bench.py
+	$(PY) bench/write_cost.py
 	$(PY) bench/report.py | tee bench/results/report.md
 
 bench-quick: $(STAMP)

@@ -124,11 +124,26 @@ def drain(url: str, workflow: str, instances: int, processes: int, prefetch: int
     """Dispatch ``instances`` first, then time ``processes`` workers draining them
     (each claiming ``prefetch`` steps at a time)."""
     wf = WORKFLOWS[workflow]
-    broker = SqlBroker(url)
-    for offset in range(0, instances, 1000):
-        broker.dispatch_many(wf.to_schema(), [{} for _ in range(min(1000, instances - offset))])
-    broker.close()
+    dispatch_backlog(url, workflow, instances)
     checkpoint(url)
+    seconds = run_workers(url, workflow, processes, prefetch)
+    steps = instances * len(wf.steps)
+    return {"seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 1)}
+
+
+def dispatch_backlog(url: str, workflow: str, instances: int) -> None:
+    """``instances`` instances of the workflow, dispatched in batches of 1,000."""
+    broker = SqlBroker(url)
+    try:
+        for offset in range(0, instances, 1000):
+            schema = WORKFLOWS[workflow].to_schema()
+            broker.dispatch_many(schema, [{} for _ in range(min(1000, instances - offset))])
+    finally:
+        broker.close()
+
+
+def run_workers(url: str, workflow: str, processes: int, prefetch: int = 1) -> float:
+    """Seconds ``processes`` worker processes take to drain what is queued; fails unless all is done."""
     context = mp.get_context("fork")
     start, ready = context.Event(), context.Semaphore(0)
     procs = [
@@ -144,7 +159,6 @@ def drain(url: str, workflow: str, instances: int, processes: int, prefetch: int
     for p in procs:
         p.join()
     seconds = time.perf_counter() - began
-    steps = instances * len(wf.steps)
     check = SqlBroker(url)
     try:
         left = check.has_running_instances()
@@ -152,7 +166,7 @@ def drain(url: str, workflow: str, instances: int, processes: int, prefetch: int
         check.close()
     if left or any(p.exitcode for p in procs):
         raise RuntimeError(f"drain of {workflow} did not finish cleanly")
-    return {"seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 1)}
+    return seconds
 
 
 def pickup(url: str, samples: int, *, listen: bool = True) -> dict[str, float]:

@@ -1,0 +1,141 @@
+"""What one step costs PostgreSQL in writes: WAL bytes, rows and commits per step of a drain.
+
+Every write a step makes is paid for in WAL, in dead tuples for vacuum, in
+index entries and in commits; throughput on a busy primary, and how long an
+old snapshot hurts, follow from these counts. For each workload a fresh
+database gets its backlog, is vacuumed and checkpointed, and then worker
+processes drain it (``fuseline_bench.run_workers``). Around the drain:
+
+- WAL bytes from ``pg_current_wal_lsn()`` (the whole cluster: run it on a
+  quiet server, nothing else writing);
+- rows inserted, updated (of which HOT) and deleted per table, from
+  ``pg_stat_user_tables`` (this database only, exact once the workers have
+  exited and flushed their statistics);
+- commits from ``pg_stat_database``.
+
+Dispatch is counted apart (per instance), with the same counters.
+
+    python bench/write_cost.py [--quick] [--out bench/results/writes.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from fuseline_bench import (
+    DATABASE,
+    HERE,
+    WORKFLOWS,
+    checkpoint,
+    dispatch_backlog,
+    fresh_postgres,
+    run_workers,
+)
+
+#: (figure name, workflow, instances at full size, worker processes, prefetch)
+WORKLOADS = (
+    ("noop_c4", "noop", 5_000, 4, 1),
+    ("noop_prefetch10_c4", "noop", 5_000, 4, 10),
+    ("chain3_c4", "chain", 2_000, 4, 1),
+)
+
+
+@dataclass(frozen=True)
+class Counters:
+    wal_lsn: str
+    commits: int
+    #: table -> (inserted, updated, hot updated, deleted)
+    tables: dict[str, tuple[int, int, int, int]]
+
+
+def read_counters(url: str) -> Counters:
+    """The counters now; waits for the statistics of exited backends to show up first."""
+    time.sleep(1.2)  # backends flush their statistics at most once a second, and at exit
+    with psycopg.connect(_plain(url), autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        commits = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (DATABASE,)
+        ).fetchone()[0]
+        rows = conn.execute(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables"
+            " WHERE relname LIKE 'fuseline%%'"
+        ).fetchall()
+    return Counters(lsn, commits, {name: (ins, upd, hot, dele) for name, ins, upd, hot, dele in rows})
+
+
+def cost(url: str, before: Counters, after: Counters, units: int) -> dict[str, Any]:
+    """Per-unit differences between two readings (tables that did not change are left out)."""
+    with psycopg.connect(_plain(url), autocommit=True) as conn:
+        wal = conn.execute("SELECT pg_wal_lsn_diff(%s, %s)", (after.wal_lsn, before.wal_lsn)).fetchone()[0]
+    per_table: dict[str, dict[str, float]] = {}
+    totals = [0, 0, 0, 0]
+    for table, now in sorted(after.tables.items()):
+        then = before.tables.get(table, (0, 0, 0, 0))
+        delta = [a - b for a, b in zip(now, then, strict=True)]
+        if any(delta):
+            per_table[table] = {
+                kind: round(d / units, 2)
+                for kind, d in zip(("inserted", "updated", "hot", "deleted"), delta, strict=True)
+            }
+            totals = [t + d for t, d in zip(totals, delta, strict=True)]
+    return {
+        "wal_bytes": round(float(wal) / units),
+        "rows_written": round((totals[0] + totals[1] + totals[3]) / units, 2),
+        "commits": round((after.commits - before.commits) / units, 2),
+        "tables": per_table,
+    }
+
+
+def measure(workflow: str, instances: int, processes: int, prefetch: int) -> dict[str, Any]:
+    url = fresh_postgres()
+    checkpoint(url)
+    start = read_counters(url)
+    dispatch_backlog(url, workflow, instances)
+    dispatched = read_counters(url)
+    checkpoint(url)  # the drain starts, like the drain figures, just after a checkpoint
+    drained_from = read_counters(url)
+    seconds = run_workers(url, workflow, processes, prefetch)
+    end = read_counters(url)
+    steps = instances * len(WORKFLOWS[workflow].steps)
+    return {
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "per_step": cost(url, drained_from, end, steps),
+        "dispatch_per_instance": cost(url, start, dispatched, instances),
+    }
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg", "postgresql")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the sizes: a smoke run")
+    parser.add_argument("--out", default=str(HERE / "results" / "writes.json"))
+    args = parser.parse_args()
+    figures: dict[str, Any] = {}
+    for name, workflow, instances, processes, prefetch in WORKLOADS:
+        size = instances // 10 if args.quick else instances
+        figures[name] = measure(workflow, size, processes, prefetch)
+        step = figures[name]["per_step"]
+        print(
+            f"{name:<22} per step: {step['wal_bytes']:>6} WAL bytes, {step['rows_written']:>5} rows,"
+            f" {step['commits']:>5} commits  {json.dumps(step['tables'])}",
+            flush=True,
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
