@@ -20,10 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..broker.base import Lease, StepAssignment
 from ..clients import BrokerClient
 from ..errors import DatabaseUnavailable, WorkerExpired
+
+if TYPE_CHECKING:
+    from .slotleases import SlotLeases
 
 logger = logging.getLogger("fuseline.worker")
 
@@ -33,7 +37,8 @@ class Heartbeat:
 
     ``worker_id`` is read at every beat, since a worker that was listed dead
     registers again under a new id. The worker loop sets ``current`` to the
-    step it is running.
+    step it is running; a worker with several slots sets ``slots`` instead,
+    and every beat checks each of their leases.
     """
 
     def __init__(self, client: BrokerClient, worker_id: Callable[[], str], interval: float) -> None:
@@ -44,6 +49,8 @@ class Heartbeat:
         self.current: StepAssignment | None = None
         #: A step whose lease a beat found lost while it ran.
         self.lost: StepAssignment | None = None
+        #: The steps running in a multi-slot worker's slots (None with one slot).
+        self.slots: SlotLeases | None = None
         #: The worker id a broker refused as dead, until the worker registers again, and why.
         self.expired_id: str | None = None
         self.expiry: WorkerExpired | None = None
@@ -88,6 +95,8 @@ class Heartbeat:
         if worker_id == self.expired_id:
             return True  # refused as dead: nothing to renew until the loop registers again
         held = self.current
+        slots = self.slots
+        watched = slots.running() if slots is not None else []
         try:
             leases = self.client.keep_alive(worker_id)
         except DatabaseUnavailable as exc:
@@ -97,6 +106,8 @@ class Heartbeat:
             logger.warning("heartbeat refused: %s", exc)
             self.note_expired(worker_id, exc)
             self._note_lost(held)
+            if slots is not None:
+                slots.lose(watched)
             return True
         except Exception as exc:  # not swallowed: handed to the worker loop, which raises it
             logger.warning("heartbeat failed (%s): the worker stops after the step in hand", exc)
@@ -104,6 +115,8 @@ class Heartbeat:
             return False
         if held is not None and not _holds(leases, held):
             self._note_lost(held)
+        if slots is not None:
+            slots.check(watched, leases)
         return True
 
     def _note_lost(self, held: StepAssignment | None) -> None:

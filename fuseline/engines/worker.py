@@ -50,6 +50,17 @@ REPORT_FLUSH_SECONDS = 0.05
 StepKey = tuple[str, str]
 
 
+def check_slots(slots: int, prefetch: int) -> None:
+    """Refuse a slot count below 1, and ``prefetch`` beside slots (one claim fills the free slots)."""
+    if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+        raise ValueError(f"slots must be an integer of at least 1, not {slots!r}")
+    if slots > 1 and prefetch > 1:
+        raise ValueError(
+            f"prefetch={prefetch} cannot be combined with slots={slots}: with slots, each claim "
+            "takes as many steps as there are free slots"
+        )
+
+
 class Worker:
     """Runs the steps a broker hands out for the given workflows (also known as ``ProcessEngine``).
 
@@ -77,6 +88,12 @@ class Worker:
     this worker is killed. A graceful stop finishes the step in hand, sends
     every report and gives the steps not started back at once.
 
+    ``slots=N`` runs up to N steps at once in this process (``AsyncStep``s on
+    one event loop, plain steps on threads), each with its own lease; see
+    :mod:`.slots`. A claim then asks for as many steps as there are free
+    slots, so ``prefetch`` (steps held ahead of the one slot) cannot be
+    combined with it. ``slots=1`` is the loop below, unchanged.
+
     ``queues`` limits the worker to the steps waiting in those queues
     (``Step(queue="gpu")``); None serves every queue of its workflows. Steps
     run without their ``RetryPolicy``: a failure is reported at once and the
@@ -96,6 +113,7 @@ class Worker:
         prefetch: int = 1,
         queues: Sequence[str] | None = None,
         observer: WorkerObserver | None = None,
+        slots: int = 1,
     ) -> None:
         self._observer = observer or NO_OBSERVER
         self.client = self._observer.client(client)
@@ -109,6 +127,8 @@ class Worker:
         if prefetch < 1:
             raise ValueError(f"prefetch must be at least 1, not {prefetch}")
         self.prefetch = prefetch
+        check_slots(slots, prefetch)
+        self.slots = slots
         self._schemas = [wf.to_schema() for wf in self.workflows.values()]
         self._observer.serving(self._schemas)
         self.worker_id = self._register()
@@ -136,8 +156,13 @@ class Worker:
         passes "no instance is running any more"; like a claim, it is retried
         while the database is unavailable). ``max_steps`` stops after that
         many steps. A permanent heartbeat failure is raised after the step in
-        hand, once its report is sent.
+        hand, once its report is sent. With slots, "the step in hand" is
+        every running slot's step.
         """
+        if self.slots > 1:
+            from .slots import SlotLoop
+
+            return SlotLoop(self, self.slots).work(block, poll_interval, max_steps, until)
         self._stopping.clear()
         queue: deque[StepAssignment] = deque()  # claimed, not started
         pending: list[StepReport] = []  # finished when the queue was empty: sent with the next claim
@@ -224,7 +249,7 @@ class Worker:
                 self._stopping.wait(min(remaining, IDLE_SLICE_SECONDS))
 
     def stop(self) -> None:
-        """Ask ``work`` to return after the step in hand (safe from signal handlers)."""
+        """Ask ``work`` to return after the step in hand, or every slot's (safe from signal handlers)."""
         self._stopping.set()
 
     def close(self) -> None:
