@@ -48,6 +48,8 @@ class WorkerOptions:
     #: Seconds after which finished instances are deleted (None: never; 7 days by default).
     retention: float | None = 7 * 86400.0
     prefetch: int = 1
+    #: Steps each process runs at once (``--slots``).
+    slots: int = 1
     #: The queues to claim from; None: every queue of the workflows.
     queues: tuple[str, ...] | None = None
     #: Whether the workers count for Prometheus (``--metrics-port``).
@@ -96,6 +98,16 @@ def run(
             "finished steps it had not reported yet.",
         ),
     ] = 1,
+    slots: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Steps each process runs at once: async steps on one event loop, plain steps on "
+            "threads, each with its own lease. For steps that mostly wait (APIs, databases). Each "
+            "claim takes as many steps as there are free slots, so --prefetch is for one slot only; "
+            "e.g. --slots 100.",
+        ),
+    ] = 1,
     retention: RetentionOption = DEFAULT_RETENTION,
     queues: Annotated[
         list[str] | None,
@@ -126,7 +138,14 @@ def run(
 
     Example: fuseline worker run my_app.flows:etl --concurrency 4
 
+    With --slots N each process runs up to N steps at once (AsyncSteps on one
+    event loop, plain steps on threads), for steps that mostly wait on I/O;
+    a graceful stop finishes every running step. The processes of
+    --concurrency each have their own slots.
+
     Example: fuseline worker run my_app.flows:train --queue gpu
+
+    Example: fuseline worker run my_app.flows:fetch --slots 100
 
     Example: fuseline worker run my_app.flows:etl --concurrency 4 --metrics-port 9100
     """
@@ -134,6 +153,11 @@ def run(
     if level not in LOG_LEVELS:
         raise typer.BadParameter(
             f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level"
+        )
+    if slots > 1 and prefetch > 1:
+        raise typer.BadParameter(
+            "cannot be combined with --slots: each claim takes as many steps as there are free slots",
+            param_hint="--prefetch",
         )
     wanted_queues = checked_queues(queues)
     retention_seconds = duration_option(ctx, "retention", retention, "--retention")
@@ -154,6 +178,7 @@ def run(
         log_level=level,
         listen=listen,
         prefetch=prefetch,
+        slots=slots,
         retention=retention_seconds or None,
         queues=wanted_queues,
         metrics=metrics is not None,
@@ -164,9 +189,10 @@ def run(
         "" if wanted_queues is None else f", {plural('queue', wanted_queues)} {', '.join(wanted_queues)}"
     )
     logger.info(
-        "starting %d worker process%s for %s on %s%s",
+        "starting %d worker process%s%s for %s on %s%s",
         concurrency,
         "" if concurrency == 1 else "es",
+        "" if slots == 1 else f" of {slots} slots",
         ", ".join(f"{wf.workflow_id}@{wf.version}" for wf in loaded),
         masked_url(ctx),
         serving,
@@ -356,6 +382,7 @@ def start_worker(options: WorkerOptions, workflows: list[Workflow]) -> tuple[Bro
             prefetch=options.prefetch,
             queues=options.queues,
             observer=observer,
+            slots=options.slots,
         )
     except BaseException:
         broker.close()
