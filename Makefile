@@ -21,7 +21,7 @@ demo: $(STAMP)
 ## test: lint, then the whole test suite (PostgreSQL found or started automatically)
 test: $(STAMP)
 	@# The dashboard's browser tests drive Debian's headless Chromium.
-	command -v chromedriver >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver)
+	command -v chromedriver >/dev/null && (command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver pgbouncer)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -33,7 +33,7 @@ db_app = typer.Typer(
 def _engine(ctx: typer.Context) -> Iterator[object]:
     from sqlalchemy.exc import DBAPIError
 
-    from ..broker.sql.engine import create_database_engine, scrub
+    from ..broker.sql.engine import create_database_engine, pooler_hint, scrub
 
     url = settings(ctx).url
     with user_errors():
@@ -41,7 +41,8 @@ def _engine(ctx: typer.Context) -> Iterator[object]:
     try:
         yield engine
     except DBAPIError as exc:
-        fail(f"cannot use the database {masked_url(ctx)}: {scrub(str(exc.orig), url).splitlines()[0]}")
+        message = scrub(str(exc.orig), url).splitlines()[0]
+        fail(f"cannot use the database {masked_url(ctx)}: {pooler_hint(message)}")
     finally:
         engine.dispose()
 

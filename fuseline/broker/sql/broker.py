@@ -61,12 +61,14 @@ class SqlBroker(SqlScheduling, contract.Broker):
     ``sqlite:///file.db``) or an SQLAlchemy Engine. The database must be
     migrated (``fuseline db upgrade``); ``migrate=True`` upgrades it instead,
     which the embedded SQLite default does. ``listen=False`` turns off
-    LISTEN/NOTIFY wake-ups (behind PgBouncer in transaction mode), leaving
-    idle workers to poll. On PostgreSQL the broker holds ``connections``
-    connections (opened together, see :mod:`.pg_connections`), plus one to
-    listen on. ``fast_paths=False`` runs every operation on the general
-    (multi-statement) path, which the one-statement forms must match; it is
-    there for tests and for comparing the two. ``retention`` (seconds or a timedelta; 0 or
+    LISTEN/NOTIFY wake-ups, leaving idle workers to poll; a URL ending in
+    ``?pooler=transaction`` (behind PgBouncer in transaction mode) does that
+    and turns off server-side prepared statements (see :mod:`.engine`). On
+    PostgreSQL the broker holds ``connections`` connections (opened together,
+    see :mod:`.pg_connections`), plus one to listen on. ``fast_paths=False``
+    runs every operation on the general (multi-statement) path, which the
+    one-statement forms must match; it is there for tests and for comparing
+    the two. ``retention`` (seconds or a timedelta; 0 or
     None keeps everything): finished instances older than that are deleted by the brokers
     that claim, with their steps, events and signals (see :mod:`.retention`).
     """

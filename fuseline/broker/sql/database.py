@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from ...errors import DatabaseError, DatabaseUnavailable
-from .engine import database_error, mask_url
+from .engine import behind_transaction_pooler, database_error, mask_url
 from .listener import WorkListener
 from .pg_connections import BudgetExhausted, ConnectionBudget
 from .queries import events as event_queries
@@ -100,6 +100,8 @@ class PostgresDatabase(Database):
     def __init__(self, engine: Engine, *, connections: int, listen: bool) -> None:
         super().__init__(engine)
         self.budget = ConnectionBudget(engine, connections)
+        # A transaction pooler would hand LISTEN to a server connection it then lends to others.
+        listen = listen and not behind_transaction_pooler(engine)
         self.listener = WorkListener(engine) if listen else None
 
     def _begin(self) -> AbstractContextManager[Connection]:

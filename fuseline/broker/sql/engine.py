@@ -3,6 +3,12 @@
 Passwords never leave this module in clear: every URL shown to a user goes
 through :func:`mask_url`, error texts through :func:`scrub`, and engines are
 created with ``hide_parameters=True`` so SQL errors do not echo values.
+
+Behind a transaction pooler (PgBouncer's ``pool_mode = transaction``) each
+transaction may run on a different server connection, so nothing may live
+on a server connection between transactions. The URL says so with
+``?pooler=transaction`` (see :data:`POOLER_OPTION`); direct connections keep
+psycopg's prepared statements and the session options.
 """
 
 from __future__ import annotations
@@ -32,6 +38,18 @@ _PASSWORD_IN_URL = re.compile(
     r"^((?:[A-Za-z][\w+.-]*://)?[^:/@\s]*:)([^/?#\s]*)@([^@/?#\s]*(?:[/?#].*)?)$", re.DOTALL
 )
 _CONFIGURED_SQLITE: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+#: The URL query option saying that connections go through a transaction pooler:
+#: ``postgresql+psycopg://app@pgbouncer:6432/app?pooler=transaction``. fuseline reads it and
+#: takes it out of the URL (it is not a libpq parameter), so it works wherever a URL is given:
+#: ``--database-url``, ``FUSELINE_DATABASE_URL``, ``SqlBroker(url)``.
+POOLER_OPTION = "pooler"
+_TRANSACTION_POOLER = "transaction"
+_BEHIND_TRANSACTION_POOLER: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: What a server connection says when it was used as if it were this client's alone: psycopg's
+#: prepared statements (``_pg3_0``...) missing or already there, or PgBouncer refusing the
+#: session options sent at connect.
+_POOLER_SYMPTOMS = ('prepared statement "_pg3_', "unsupported startup parameter")
 
 
 def parse_url(url: str | URL) -> URL:
@@ -150,7 +168,7 @@ def database_error(
     else DatabaseError."""
     from ...errors import DatabaseBusy, DatabaseUnavailable
 
-    message = f"{where}: {scrub(str(error), url)}"
+    message = f"{where}: {pooler_hint(scrub(str(error), url))}"
     if is_busy(error):
         return DatabaseBusy(message)
     if is_transient(error, connection_invalidated=connection_invalidated):
@@ -158,20 +176,60 @@ def database_error(
     return DatabaseError(message)
 
 
+def pooler_hint(message: str) -> str:
+    """``message``, with what to do when it is what a transaction pooler makes of a session's state."""
+    if not any(symptom in message for symptom in _POOLER_SYMPTOMS):
+        return message
+    return (
+        f"{message} (behind PgBouncer in transaction mode? add ?{POOLER_OPTION}={_TRANSACTION_POOLER} "
+        "to the database URL)"
+    )
+
+
+def behind_transaction_pooler(engine: Engine) -> bool:
+    """Whether ``engine`` was made for a URL with ``pooler=transaction``: then no LISTEN either."""
+    return engine in _BEHIND_TRANSACTION_POOLER
+
+
+def _transaction_pooler(url: URL) -> bool:
+    value = url.query.get(POOLER_OPTION)
+    if value is None:
+        return False
+    if value != _TRANSACTION_POOLER:
+        raise DatabaseError(
+            f"unknown {POOLER_OPTION}={value!r} in {mask_url(url)!r}: the one it takes is "
+            f"{POOLER_OPTION}={_TRANSACTION_POOLER} (PgBouncer's pool_mode = transaction)"
+        )
+    if url.get_backend_name() != "postgresql":
+        raise DatabaseError(
+            f"{POOLER_OPTION}={_TRANSACTION_POOLER} is for PostgreSQL URLs, not {mask_url(url)!r}"
+        )
+    return True
+
+
 def create_database_engine(
     url: str | URL, *, idle_in_transaction_seconds: float = IDLE_IN_TRANSACTION_SECONDS, **options: Any
 ) -> Engine:
     """An Engine for ``url`` tuned for fuseline's short transactions."""
     parsed = parse_url(url)
+    behind_pooler = _transaction_pooler(parsed)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, **options)
-    connect_args = {
+    connect_args: dict[str, Any] = {
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "application_name": "fuseline",
         "options": _session_options(idle_in_transaction_seconds),
     }
+    if behind_pooler:
+        # No server-side prepared statements (psycopg prepares a statement run five times on
+        # one connection, and the next transaction may land on a server connection that lacks
+        # it) and no startup options (PgBouncer refuses them: its idle_transaction_timeout
+        # stands in for the idle timeout). Direct connections keep both.
+        parsed = parsed.difference_update_query([POOLER_OPTION])
+        del connect_args["options"]
+        connect_args["prepare_threshold"] = None
     connect_args.update(options.pop("connect_args", {}))
-    return create_engine(
+    engine = create_engine(
         parsed,
         hide_parameters=True,
         pool_size=options.pop("pool_size", 5),
@@ -179,6 +237,9 @@ def create_database_engine(
         connect_args=connect_args,
         **options,
     )
+    if behind_pooler:
+        _BEHIND_TRANSACTION_POOLER.add(engine)
+    return engine
 
 
 def _sqlite_engine(url: URL, **options: Any) -> Engine:

@@ -7,9 +7,10 @@ own listening connection and claims as soon as one arrives.
 
 Notifications are only a hint: a worker still polls every ``poll_interval``,
 so a lost notification, a dropped listening connection (re-established on
-the next wait, at most once a second) or a pooler that does not pass
-LISTEN through (PgBouncer in transaction mode: use ``listen=False``) costs
-latency, never work.
+the next wait, at most once a second) costs latency, never work. Behind a
+transaction pooler (PgBouncer in transaction mode, ``?pooler=transaction``
+on the URL) a LISTEN would stay on a server connection the pooler lends to
+others, so brokers there do not listen at all and idle workers poll.
 """
 
 from __future__ import annotations
