@@ -13,11 +13,9 @@ line that names it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
@@ -28,7 +26,7 @@ from fuseline.errors import DatabaseError
 from tests.cli.flows import diamond
 from tests.cli.helpers import Cli, assert_one_line_error
 from tests.support.databases import PostgresServer
-from tests.support.pgbouncer import PgBouncer
+from tests.support.pgbouncer import ConnectionSampler, PgBouncer
 
 POOL_SIZE = 4
 WORKERS = 6  # two client connections each: three times PgBouncer's server connections
@@ -52,56 +50,6 @@ def pgbouncer(database: URL) -> Iterator[PgBouncer]:
     bouncer = PgBouncer(database, pool_size=POOL_SIZE)
     yield bouncer
     bouncer.stop()
-
-
-class ConnectionSampler:
-    """The most server connections PostgreSQL showed for a database, and the most clients
-    PgBouncer had for it, sampled every 10 ms while the block runs."""
-
-    def __init__(self, database: URL, bouncer: PgBouncer) -> None:
-        self.database, self.bouncer = database, bouncer
-        self.servers = self.clients = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> ConnectionSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        if self.error is not None:
-            raise self.error
-
-    def _sample(self) -> None:
-        try:
-            self._sample_until_stopped()
-        except BaseException as exc:  # reported by __exit__, in the test's thread
-            self.error = exc
-
-    def _sample_until_stopped(self) -> None:
-        direct = self.database.set(drivername="postgresql").render_as_string(hide_password=False)
-        with (
-            psycopg.connect(direct, autocommit=True) as server,
-            # The console speaks the simple query protocol only: a client-side cursor's.
-            psycopg.connect(
-                self.bouncer.admin_url(), autocommit=True, cursor_factory=psycopg.ClientCursor
-            ) as console,
-        ):
-            while not self._stop.wait(0.01):
-                row = server.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                    [self.database.database],
-                ).fetchone()
-                self.servers = max(self.servers, row[0] if row else 0)
-                cursor = console.execute("SHOW POOLS")
-                names = [column.name for column in cursor.description or ()]
-                for pool in cursor.fetchall():
-                    fields = dict(zip(names, pool, strict=True))
-                    if fields["database"] == self.database.database:
-                        self.clients = max(self.clients, fields["cl_active"] + fields["cl_waiting"])
 
 
 def test_workers_drain_hundreds_of_diamonds_through_pgbouncer_in_transaction_mode(

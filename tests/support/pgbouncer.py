@@ -14,11 +14,14 @@ import os
 import pwd
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psycopg
 from sqlalchemy.engine import URL
 
 #: Where Debian puts the binary.
@@ -147,3 +150,73 @@ class PgBouncer:
         if self.process.stderr is not None:
             self.process.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ConnectionSampler:
+    """While the block runs, every ``interval`` seconds: the server connections PostgreSQL shows
+    for ``database`` (``pg_stat_activity``, the sampler's own left out) and, behind ``bouncer``,
+    the client connections PgBouncer holds for it (``SHOW POOLS``: active and waiting)."""
+
+    def __init__(self, database: URL, bouncer: PgBouncer | None = None, interval: float = 0.01) -> None:
+        self.database, self.bouncer, self.interval = database, bouncer, interval
+        self.server_samples: list[int] = []
+        self.clients = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def servers(self) -> int:
+        """The most server connections seen at once."""
+        return max(self.server_samples, default=0)
+
+    @property
+    def servers_mean(self) -> float:
+        return statistics.fmean(self.server_samples) if self.server_samples else 0.0
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        if self.error is not None:
+            raise self.error
+
+    def _sample(self) -> None:
+        try:
+            self._sample_until_stopped()
+        except BaseException as exc:  # raised by __exit__, in the caller's thread
+            self.error = exc
+
+    def _sample_until_stopped(self) -> None:
+        direct = self.database.set(drivername="postgresql").render_as_string(hide_password=False)
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(psycopg.connect(direct, autocommit=True))
+            console = None
+            if self.bouncer is not None:
+                # The console speaks the simple query protocol only: a client-side cursor's.
+                console = stack.enter_context(
+                    psycopg.connect(
+                        self.bouncer.admin_url(), autocommit=True, cursor_factory=psycopg.ClientCursor
+                    )
+                )
+            while not self._stop.wait(self.interval):
+                row = server.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                    [self.database.database],
+                ).fetchone()
+                self.server_samples.append(row[0] if row else 0)
+                if console is not None:
+                    self.clients = max(self.clients, self._pooled_clients(console))
+
+    def _pooled_clients(self, console: psycopg.Connection) -> int:
+        cursor = console.execute("SHOW POOLS")
+        names = [column.name for column in cursor.description or ()]
+        clients = 0
+        for pool in cursor.fetchall():
+            fields = dict(zip(names, pool, strict=True))
+            if fields["database"] == self.database.database:
+                clients += fields["cl_active"] + fields["cl_waiting"]
+        return clients
