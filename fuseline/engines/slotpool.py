@@ -64,7 +64,7 @@ class SlotPool:
         self.size = size
         self.running = 0
         self._lifecycle = lifecycle
-        self._done: queue.SimpleQueue[Slot] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Slot | None] = queue.SimpleQueue()
         self._jobs: queue.SimpleQueue[Slot | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._plain = 0  # plain steps started, not yet handed back
@@ -93,15 +93,21 @@ class SlotPool:
                 thread.start()
             self._jobs.put(slot)
 
+    def wake(self) -> None:
+        """End a wait in :meth:`finished` early (safe from any thread)."""
+        self._done.put(None)
+
     def finished(self, timeout: float | None) -> list[Slot]:
-        """The slots whose step ended, waiting up to ``timeout`` seconds for the first (0: no wait)."""
-        ended: list[Slot] = []
+        """The slots whose step ended, waiting up to ``timeout`` seconds for the first one, or for
+        :meth:`wake` (0: no wait)."""
+        taken: list[Slot | None] = []
         try:
-            ended.append(self._done.get(timeout=timeout) if timeout != 0 else self._done.get_nowait())
+            taken.append(self._done.get(timeout=timeout) if timeout != 0 else self._done.get_nowait())
             while True:
-                ended.append(self._done.get_nowait())
+                taken.append(self._done.get_nowait())
         except queue.Empty:
             pass
+        ended = [slot for slot in taken if slot is not None]
         for slot in ended:
             self.running -= 1
             if slot.future is None:

@@ -18,13 +18,17 @@ What each step keeps, exactly as with one slot:
 - its own report, and the broker's retry when it failed.
 
 What the slots share: one worker id, one heartbeat, the process's broker
-connections (slots add no connection: only this loop and the heartbeat talk
-to the broker), and the batching of broker calls. A claim asks for as many
-steps as there are free slots, in one call, and carries the reports of the
-steps finished since the last claim; every claimed step starts at once, so
-the worker never holds a step it has not started. ``prefetch`` (steps held
-ahead of a single slot) has no meaning here, and the worker refuses it
-beside ``slots``.
+connections (slots add no connection: only this loop, the heartbeat and
+the report thread talk to the broker), and the batching of broker calls.
+A claim asks for as many steps as there are free slots, in one call, and
+every claimed step starts at once, so the worker never holds a step it has
+not started. Reports go out in batches from a thread of their own
+(:class:`.slotreports.SlotReporter`) while the loop claims: with a hundred
+slots, sending a batch of reports costs several times what claiming does,
+and freed slots should not wait for it. Once a batch is delivered the loop
+claims again if the queue looked empty, since those reports may have
+queued successors. ``prefetch`` (steps held ahead of a single slot) has no
+meaning here, and the worker refuses it beside ``slots``.
 
 While some slots are busy and the last claim found nothing, the worker
 claims again when a slot frees or every ``poll_interval``; with every slot
@@ -49,6 +53,7 @@ from ..broker.base import StepReport
 from .retry import GaveUp
 from .slotleases import SlotLeases
 from .slotpool import Slot, SlotPool
+from .slotreports import SlotReporter
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -57,6 +62,8 @@ logger = logging.getLogger("fuseline.worker")
 
 #: Longest single wait for a slot to free, so a stop request or a lost registration is noticed.
 WAIT_SLICE_SECONDS = 0.25
+#: How long a worker stopping at once waits for a batch of reports being sent.
+ABANDON_SECONDS = 5.0
 
 
 class SlotLoop:
@@ -83,17 +90,18 @@ class SlotLoop:
         worker._stopping.clear()
         pool = SlotPool(self.slots, worker._lifecycle)
         leases = SlotLeases()
-        outgoing: list[StepReport] = []
+        reporter = SlotReporter(worker._send_reports, pool.wake)
         worker._beat.slots = leases
         worker._beat.start()
         try:
             try:
-                started = self._loop(pool, leases, outgoing, block, poll_interval, max_steps, until)
+                started = self._loop(pool, leases, reporter, block, poll_interval, max_steps, until)
             except BaseException:
                 pool.abandon()
+                reporter.close(ABANDON_SECONDS)  # stopping at once: reports not sent are dropped
                 raise
             pool.close()
-            worker._send_last(outgoing)
+            worker._send_last(reporter.close())
         finally:
             worker._beat.stop()
             worker._beat.slots = None
@@ -105,35 +113,41 @@ class SlotLoop:
         self,
         pool: SlotPool,
         leases: SlotLeases,
-        outgoing: list[StepReport],
+        reporter: SlotReporter,
         block: bool,
         poll_interval: float,
         max_steps: int | None,
         until: Callable[[], bool] | None,
     ) -> int:
         """Claim into free slots until drained, stopped or ``max_steps``; returns when every slot
-        is free again, leaving in ``outgoing`` the reports not sent yet."""
+        is free again (their reports handed to ``reporter``)."""
         worker = self.worker
         started = 0
         given_back: set[tuple[str, str]] = set()
         claiming = True
         drained = False  # the last claim brought fewer steps than it asked for
-        next_poll = 0.0  # when a drained queue is asked again, though no slot freed
-        freed = False  # a slot freed since the last claim: claim into it, with its report
+        next_poll = 0.0  # when a drained queue is asked again, though nothing changed
+        freed = False  # a slot freed, or reports were delivered, since the last claim
+        delivered = 0  # report batches delivered, as last seen
         while True:
-            freed = self._collect(pool, leases, outgoing, 0) or freed
+            freed = self._collect(pool, leases, reporter, 0) or freed
+            idle, sent = reporter.progress()
+            if sent != delivered:  # the reports may have queued successors: worth a claim
+                freed, delivered = True, sent
+            if reporter.failure is not None:  # a second failure is raised: the worker stops
+                worker._send_reports(reporter.recover())
             if claiming and (worker._stopping.is_set() or worker._beat.failure is not None):
                 claiming = False
             if claiming and max_steps is not None and started >= max_steps:
                 claiming = False
             if claiming and worker._beat.expired():
-                claiming = self._register_again(leases, outgoing)
+                claiming = self._register_again(leases, reporter)
             free = self.slots - pool.running
             if claiming and free > 0 and (freed or not drained or time.monotonic() >= next_poll):
                 freed = False
                 wanted = free if max_steps is None else min(free, max_steps - started)
                 try:
-                    count, drained = self._claim_into(pool, leases, wanted, outgoing, given_back)
+                    count, drained = self._claim_into(pool, leases, wanted, given_back)
                 except GaveUp:  # asked to stop while the database was unavailable
                     claiming = False
                     continue
@@ -141,10 +155,7 @@ class SlotLoop:
                 if drained:
                     next_poll = time.monotonic() + poll_interval
                 continue
-            if outgoing:  # no claim to carry them: they go now
-                worker._send_reports(outgoing)
-                outgoing.clear()
-            if pool.running == 0:
+            if pool.running == 0 and idle:
                 if not claiming or not block or self._done(until):
                     return started
                 worker._idle(max(0.0, next_poll - time.monotonic()))
@@ -153,7 +164,7 @@ class SlotLoop:
             wait = WAIT_SLICE_SECONDS
             if claiming and drained and free > 0:
                 wait = min(wait, max(0.0, next_poll - time.monotonic()))
-            freed = self._collect(pool, leases, outgoing, wait) or freed
+            freed = self._collect(pool, leases, reporter, wait) or freed
 
     def _done(self, until: Callable[[], bool] | None) -> bool:
         try:
@@ -162,21 +173,16 @@ class SlotLoop:
             return True
 
     def _claim_into(
-        self,
-        pool: SlotPool,
-        leases: SlotLeases,
-        wanted: int,
-        outgoing: list[StepReport],
-        given_back: set[tuple[str, str]],
+        self, pool: SlotPool, leases: SlotLeases, wanted: int, given_back: set[tuple[str, str]]
     ) -> tuple[int, bool]:
-        """Claim up to ``wanted`` steps with the ``outgoing`` reports and start them.
+        """Claim up to ``wanted`` steps in one call and start them.
 
         Returns how many started, and whether the queue looked drained (fewer
         steps than asked, none of them a step of an unknown workflow met for
         the first time, which is worth claiming again at once).
         """
         worker = self.worker
-        claimed, fresh = worker._keep_known(worker._claim(wanted, outgoing), given_back)
+        claimed, fresh = worker._keep_known(worker._claim(wanted, []), given_back)
         if worker._stopping.is_set():  # asked to stop during the claim: start nothing more
             if claimed:
                 worker._give_back(claimed)
@@ -189,14 +195,15 @@ class SlotLoop:
             pool.start(slot)
         return len(claimed), len(claimed) < wanted and not fresh
 
-    def _collect(self, pool: SlotPool, leases: SlotLeases, outgoing: list[StepReport], wait: float) -> bool:
-        """Take the slots that ended (waiting up to ``wait`` for one) and queue their reports.
+    def _collect(self, pool: SlotPool, leases: SlotLeases, reporter: SlotReporter, wait: float) -> bool:
+        """Take the slots that ended (waiting up to ``wait`` for one) and hand on their reports.
 
         Returns whether any ended. A step that raised a ``BaseException`` is
-        raised here, after the others' reports are queued: the worker stops.
+        raised here, after the others' reports are handed on: the worker stops.
         """
         ended = pool.finished(wait)
         error: BaseException | None = None
+        reports: list[StepReport] = []
         for slot in ended:
             lost = leases.finish(slot.key)
             if slot.error is not None:
@@ -204,7 +211,9 @@ class SlotLoop:
                 continue
             report = self._finished(slot, lost)
             if report is not None:
-                outgoing.append(report)
+                reports.append(report)
+        if reports:
+            reporter.add(reports)
         if error is not None:
             raise error
         return bool(ended)
@@ -235,7 +244,7 @@ class SlotLoop:
         worker.steps_run += 1
         return report
 
-    def _register_again(self, leases: SlotLeases, outgoing: list[StepReport]) -> bool:
+    def _register_again(self, leases: SlotLeases, reporter: SlotReporter) -> bool:
         """Go on under a new worker id after the broker listed this one dead; False if that was
         given up (the worker was closed, or asked to stop during an outage).
 
@@ -243,8 +252,7 @@ class SlotLoop:
         handed their leases on, so their results are dropped when they end.
         """
         leases.lose_all()
-        reports = list(outgoing)
-        outgoing.clear()
+        reports = reporter.take()
         try:
             self.worker._register_again(self.worker._beat.expiry, reports, [])
         except GaveUp:
