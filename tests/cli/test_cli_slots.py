@@ -148,3 +148,40 @@ def test_help_explains_slots(cli: Cli) -> None:
     text = cli.ok("worker", "run", "--help").stdout
     assert "--slots" in text
     assert "one event loop" in text and "threads" in text
+
+
+@on_backend("sqlite")
+def test_a_second_sigterm_stops_at_once_and_hands_every_slots_step_back(cli: Cli) -> None:
+    """Two plain steps on threads and two async steps on the loop, none of which would end for
+    30 s: the second signal stops the worker at once (exit 130, the threads are not waited for)
+    and every step goes back to the queue when the worker deregisters."""
+    write_flows(cli)
+    held, met, gate = cli.cwd / "held", cli.cwd / "met", cli.cwd / "gate"
+    holds = [
+        cli.submit(
+            "slot_flows:hold", "--input", f"folder={held}", "--input", f"n={n}", "--input", f"gate={gate}"
+        )
+        for n in range(2)
+    ]
+    meets = [
+        cli.submit(
+            "slot_flows:meet", "--input", f"folder={met}", "--input", f"n={n}", "--input", "parties=99"
+        )
+        for n in range(2)
+    ]
+    worker = cli.start_worker("slot_flows:hold", "slot_flows:meet", "--slots", "4")
+
+    def arrived(folder: Path) -> int:
+        return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+    wait_for(lambda: arrived(held) == 2 and arrived(met) == 2, 30, "four steps running")
+    worker.signal(signal.SIGTERM)
+    worker.wait_for_log("SIGTERM received")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 130, worker.stderr
+    assert "Traceback" not in worker.stderr
+
+    for instance_id in holds + meets:
+        shown = cli.show(instance_id)
+        assert [s["state"] for s in shown["steps"]] == ["QUEUED"], shown
+    assert [w["state"] for w in cli.json("workers", "list", "--all")] == ["stopped"]
