@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import queue
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,16 @@ from .slotleases import LeaseKey, lease_key
 
 #: How long closing waits for the event loop's thread to end.
 LOOP_JOIN_SECONDS = 5.0
+#: How long stopping at once waits for the cancelled async steps to end.
+ABANDON_SECONDS = 1.0
+
+
+async def _cancel_all() -> None:
+    """Cancel every other task of the running loop and wait for them to end."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(eq=False)
@@ -140,12 +151,14 @@ class SlotPool:
         for _ in self._threads:
             self._jobs.put(None)
         self._threads = []
-        for slot in list(self._async):
-            if slot.future is not None:
-                slot.future.cancel()
         loop, self._loop, self._loop_thread = self._loop, None, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        if loop is None:
+            return
+        stopped = asyncio.run_coroutine_threadsafe(_cancel_all(), loop)
+        # Cancelled steps end at their next await; one that blocks the loop is left behind.
+        with contextlib.suppress(concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            stopped.result(ABANDON_SECONDS)
+        loop.call_soon_threadsafe(loop.stop)
 
     # -- where steps run ---------------------------------------------------------------------
     def _event_loop(self) -> asyncio.AbstractEventLoop:
