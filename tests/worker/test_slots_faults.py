@@ -162,3 +162,49 @@ def test_a_report_batch_that_failed_is_sent_again_by_the_loop(
         info = broker.get_instance(instance_id)
         assert (info.status, info.result) == (Status.SUCCEEDED, n)
         assert [e.kind for e in broker.instance_events(instance_id)].count("succeeded") == 1
+
+
+class StopsDuringClaim(FaultyClient):
+    """Asks the worker to stop while its second claim is on its way (a SIGTERM at that moment)."""
+
+    def __init__(self, broker: SqlBroker) -> None:
+        super().__init__(broker)
+        self.worker: Worker | None = None
+
+    def get_steps(self, worker_id: str, limit: int) -> list[Any]:
+        claimed = super().get_steps(worker_id, limit)
+        if self.calls["get_steps"] == 2 and self.worker is not None:
+            self.worker.stop()
+        return claimed
+
+    def get_step(self, worker_id: str) -> Any:
+        claimed = self.get_steps(worker_id, 1)
+        return claimed[0] if claimed else None
+
+
+def test_steps_claimed_as_the_stop_arrives_are_given_back_unstarted(
+    broker_factory: Any, made: list[Any]
+) -> None:
+    """Three steps run; as they finish, the next claim brings more just as the worker is asked
+    to stop: those are released at once (their claim refunded), never started."""
+    broker = broker_factory(lease_seconds=30.0)
+    ids = dispatch(broker, 6)
+    client = StopsDuringClaim(broker)
+    worker = Worker(client, [NAPPING], slots=3)
+    client.worker = worker
+    made.append(worker)
+
+    assert worker.work() == 3
+
+    assert client.calls["get_steps"] == 2
+    states = {i: broker.get_instance(i).step("nap") for i in ids}
+    done = [i for i, s in states.items() if s.state == Status.SUCCEEDED]
+    back = [i for i, s in states.items() if s.state == Status.QUEUED]
+    assert (len(done), len(back)) == (3, 3), states
+    released = 0
+    for instance_id in back:  # the second claim took one to three of them, as slots freed
+        kinds = [e.kind for e in broker.instance_events(instance_id) if e.step_name == "nap"]
+        assert kinds in (["queued"], ["queued", "claimed", "released"]), kinds
+        released += kinds[-1] == "released"
+        assert states[instance_id].worker_id is None and states[instance_id].attempt == 0
+    assert released >= 1
