@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+#: Test processes for make test (pytest-xdist); most tests wait on workers, not on the CPU.
+TEST_JOBS ?= 2
 
 .PHONY: install demo test lint format chaos bench bench-quick bench-http clean
 
@@ -23,7 +25,10 @@ test: $(STAMP)
 	@# The dashboard's browser tests drive Debian's headless Chromium.
 	command -v chromedriver >/dev/null && (command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver pgbouncer)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@# Two test processes (each test file in one of them, with its own databases), then the few
+	@# tests marked serial alone; exit code 5 is "none selected", e.g. with PYTEST_ARGS=tests/unit.
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 ## bench: fuseline, the peers and the PostgreSQL ceiling in one run (about 15 minutes)
 bench: $(STAMP)

@@ -40,7 +40,7 @@ from tests.chaos.scale import BLOAT, BLOAT_MAX_P99_RATIO, FULL, pick, report
 from tests.chaos.server import OwnServer
 from tests.conftest import url_text
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 QUEUED_INDEX = "ix_fuseline_steps_queued"
 DISPATCH_BATCH = 1_000

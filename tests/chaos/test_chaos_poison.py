@@ -40,7 +40,7 @@ from tests.chaos.workers import Workers
 from tests.conftest import url_text
 from tests.support.databases import PostgresServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 RUN_LIMIT_SECONDS = pick(120.0, 600.0)
 #: Pairs of runs (baseline, with poison) measured at most, if the first misses the bar.
