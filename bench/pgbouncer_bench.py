@@ -7,6 +7,8 @@ with polling workers (``listen=False``; the pooled URL carries
 
 - a no-op drain with 4 and with 16 worker processes (steps per second);
 - idle pickup latency p50/p99 with one polling worker (every 0.05 s);
+- what one claim costs, empty (a poll) or taking a step, from one process
+  (and direct with prepared statements off: what planning each time costs);
 - the server connections PostgreSQL shows for the database meanwhile
   (``pg_stat_activity``, sampled every 20 ms), and behind PgBouncer the
   client connections it holds.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -39,6 +42,7 @@ sys.path.insert(0, str(HERE))
 import fuseline_bench  # noqa: E402  (its workloads, throwaway database and worker process)
 
 from fuseline.broker import SqlBroker  # noqa: E402
+from fuseline.broker.sql.engine import create_database_engine  # noqa: E402
 from tests.support.pgbouncer import ConnectionSampler, PgBouncer  # noqa: E402
 
 fuseline_bench.DATABASE = "fuseline_pgbouncer_bench"  # not the main benchmark's database
@@ -115,6 +119,40 @@ def pickup(url: str, via: str, bouncer: PgBouncer, samples: int) -> dict[str, An
     return {**figures, **_connections(sampler, via)}
 
 
+def claims(url: str, via: str, samples: int, *, prepared: bool = True) -> dict[str, Any]:
+    """One broker in this process: milliseconds of a claim that finds nothing (what a polling
+    worker sends every interval) and of one that takes a step dispatched just before.
+    ``prepared=False`` turns psycopg's prepared statements off on a direct connection, to tell
+    what planning every statement costs from what the hop through PgBouncer does."""
+    if prepared:
+        broker = SqlBroker(url, listen=False)
+    else:
+        engine = create_database_engine(url, pool_size=3, connect_args={"prepare_threshold": None})
+        broker = SqlBroker(engine, listen=False)
+    try:
+        worker_id = broker.register_worker([fuseline_bench.PICKUP.to_schema()])
+        empty, taken = [], []
+        for _ in range(samples + 10):
+            began = time.perf_counter()
+            broker.get_step(worker_id)
+            empty.append((time.perf_counter() - began) * 1000)
+        for _ in range(samples + 10):
+            fuseline_bench.PICKUP.dispatch(broker, {"sent": 0.0})
+            began = time.perf_counter()
+            if broker.get_step(worker_id) is None:
+                raise RuntimeError(f"a claim {via} found no step")
+            taken.append((time.perf_counter() - began) * 1000)
+    finally:
+        broker.close()
+        if not prepared:
+            engine.dispose()
+    # The first ten of each warm the connection (and, direct, psycopg prepares at the fifth).
+    return {
+        "empty_claim_p50_ms": round(statistics.median(empty[10:]), 2),
+        "claim_p50_ms": round(statistics.median(taken[10:]), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -141,6 +179,9 @@ def main() -> None:
             )
         for via, url in _ways(bouncer):
             record(f"pickup_polling_{via}", pickup(url, via, bouncer, samples))
+        for via, url in _ways(bouncer):
+            record(f"claims_{via}", claims(url, via, samples))
+        record("claims_direct_unprepared", claims(_database_url(), "direct", samples, prepared=False))
     finally:
         bouncer.stop()
     out = Path(args.out)
