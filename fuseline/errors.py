@@ -224,6 +224,16 @@ class DatabaseBusy(DatabaseUnavailable):
     by itself, so a worker starting up waits for it instead of exiting."""
 
 
+class StatementCancelled(DatabaseUnavailable):
+    """The server cancelled a statement: ``statement_timeout`` or ``lock_timeout`` (set on the
+    role, the database or the server) ran out, or an operator cancelled it (``pg_cancel_backend``).
+
+    Its transaction was rolled back, so nothing of it took effect, and fuseline's transactions
+    are short and fenced (a report names its worker and attempt): workers retry it like an
+    outage, with a warning naming the setting, and never accept a report twice.
+    """
+
+
 class ServiceUnavailable(DatabaseUnavailable):
     """The fuseline server cannot be reached right now (restarting, overloaded, network).
 

@@ -1,11 +1,12 @@
 """Waiting out database outages: growing, jittered pauses between attempts.
 
 A worker treats :class:`~fuseline.errors.DatabaseUnavailable` (connection
-lost, server restarting, deadlock victim) as "try again later" and every
-other error as an answer. The pauses grow so a long outage is not hammered,
-and are jittered so that the many workers that lost their connections at
-the same moment (a server restart, a failover) do not all come back at the
-same instant, again and again.
+lost, server restarting, deadlock victim, a statement cancelled by a
+timeout) as "try again later" and every other error as an answer. The
+pauses grow so a long outage is not hammered, and are jittered so that the
+many workers that lost their connections at the same moment (a server
+restart, a failover) do not all come back at the same instant, again and
+again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseUnavailable, StatementCancelled
 
 logger = logging.getLogger("fuseline.worker")
 T = TypeVar("T")
@@ -56,7 +57,10 @@ def call_retrying(what: str, call: Callable[[], T], *, stopping: threading.Event
         except DatabaseUnavailable as exc:
             delay = reconnect_delay(failures)
             failures += 1
-            logger.warning("database unavailable (%s failed: %s); retrying in %.3fs", what, exc, delay)
+            if isinstance(exc, StatementCancelled):  # the database is up: name the timeout instead
+                logger.warning("%s: %s; retrying in %.3fs", what, exc, delay)
+            else:
+                logger.warning("database unavailable (%s failed: %s); retrying in %.3fs", what, exc, delay)
             if stoppable:
                 if stopping.wait(delay):
                     raise GaveUp(what) from exc

@@ -127,6 +127,18 @@ class ScheduleChaos:
 
 SCHEDULES = ScheduleChaos(workers=pick(4, 8), seconds=pick(10.0, 60.0), kills=pick(1, 2))
 
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Issue 16 case 3: workers whose role has a ``statement_timeout`` and a ``lock_timeout``."""
+
+    workers: int
+    instances: int
+    lease_seconds: float
+
+
+TIMEOUTS = Timeouts(workers=pick(3, 8), instances=pick(200, 2_000), lease_seconds=5.0)
+
 _report_lock = threading.Lock()
 
 

@@ -114,9 +114,50 @@ def scrub(message: str, url: str | URL | None) -> str:
 
 #: SQLSTATE classes and codes that mean "try again": the connection failed or
 #: was cut (08), the server is shutting down or starting (57P01-57P03), too
-#: many connections (53300), the transaction lost a race (40001, 40P01), or
-#: the server ended a transaction left idle too long (25P03, see below).
-_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25P03")
+#: many connections (53300), the transaction lost a race (40001, 40P01), the
+#: server ended a transaction left idle too long (25P03, see below), or a
+#: statement was cancelled (57014, 55P03, see :func:`statement_cancelled`).
+_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25P03", "57014", "55P03")
+
+#: query_canceled: ``statement_timeout``, or a cancel request (``pg_cancel_backend``).
+_QUERY_CANCELED = "57014"
+#: lock_not_available: ``lock_timeout`` (fuseline takes no lock with NOWAIT).
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def statement_cancelled(error: BaseException) -> str | None:
+    """What cancelled the statement that raised ``error``, in words naming the setting; None when
+    it was not cancelled.
+
+    Every 57014 (query_canceled) and 55P03 (lock_not_available) counts, whatever cancelled it:
+    the role's, database's or server's ``statement_timeout`` or ``lock_timeout``, or an
+    operator's ``pg_cancel_backend``. The server rolled the transaction back, so nothing of it
+    took effect, and every transaction fuseline runs is short and safe to run again: a report
+    is fenced by worker and attempt (and an exact replay of an accepted one is a no-op), a
+    claim takes only steps nobody holds. So all of them are retried (:func:`is_transient`).
+    The price: a statement that always runs longer than the timeout is retried for ever,
+    each time with this warning; an operator sees it in the log and raises the timeout.
+    fuseline's own long work sets its own timeouts: migrations and ``db verify`` run with
+    ``statement_timeout = 0``; retention batches with ``lock_timeout = '2s'`` (a batch that
+    waits longer is put off, not retried).
+
+    The setting is named from the server's message, which is English unless ``lc_messages``
+    says otherwise; the SQLSTATE alone still classifies the error.
+    """
+    sqlstate = getattr(error, "sqlstate", None)
+    text = str(error)
+    if sqlstate == _QUERY_CANCELED:
+        if "statement timeout" in text:
+            return f"statement cancelled by statement_timeout ({sqlstate})"
+        if "user request" in text:
+            return f"statement cancelled on request, e.g. by pg_cancel_backend ({sqlstate})"
+        return f"statement cancelled ({sqlstate})"
+    if sqlstate == _LOCK_NOT_AVAILABLE:
+        if "lock timeout" in text:
+            return f"statement cancelled by lock_timeout ({sqlstate})"
+        return f"statement cancelled: lock not available ({sqlstate})"
+    return None
+
 
 #: fuseline's transactions never wait on anything but the database, so one
 #: left idle this long lost its client (a network partition mid-transaction).
@@ -164,10 +205,13 @@ def is_busy(error: BaseException) -> bool:
 def database_error(
     error: BaseException, where: str, url: str | URL | None, *, connection_invalidated: bool = False
 ) -> DatabaseError:
-    """The fuseline error for a driver error: DatabaseBusy or DatabaseUnavailable if transient,
-    else DatabaseError."""
-    from ...errors import DatabaseBusy, DatabaseUnavailable
+    """The fuseline error for a driver error: StatementCancelled, DatabaseBusy or
+    DatabaseUnavailable if transient, else DatabaseError."""
+    from ...errors import DatabaseBusy, DatabaseUnavailable, StatementCancelled
 
+    cancelled = statement_cancelled(error)
+    if cancelled is not None:
+        return StatementCancelled(f"{where}: {cancelled}; its transaction was rolled back")
     message = f"{where}: {pooler_hint(scrub(str(error), url))}"
     if is_busy(error):
         return DatabaseBusy(message)

@@ -31,6 +31,18 @@ HEAD_REVISION = REVISIONS[-1]
 #: Serialises concurrent upgrades on PostgreSQL (any constant unique to fuseline).
 _UPGRADE_LOCK_KEY = 0x66757365  # "fuse"
 
+#: How long a migration waits for a table lock (held by a long query, say) before it gives up,
+#: whatever ``lock_timeout`` the role has. The statements queued behind its lock wait as long,
+#: workers' claims and reports among them; fuseline's own transactions take milliseconds (and
+#: the server ends one left idle after 5 s), so waiting longer would only stall them.
+MIGRATION_LOCK_TIMEOUT = "10s"
+#: A migration's own settings, for its transaction only (PostgreSQL). No statement timeout: a
+#: migration may rewrite a big table, and one stopped halfway is rolled back whole, so the
+#: role's ``statement_timeout`` would only make ``db upgrade`` impossible. No lock timeout while
+#: waiting for the upgrade lock: concurrent upgrades wait their turn, as they always did.
+_NO_TIMEOUTS = (text("SET LOCAL statement_timeout = 0"), text("SET LOCAL lock_timeout = 0"))
+_TABLE_LOCK_TIMEOUT = text(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+
 UPGRADE_HINT = "run `fuseline db upgrade`"
 
 
@@ -126,7 +138,12 @@ def ensure_current(engine: Engine) -> None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate up to ``revision`` in one transaction; concurrent callers wait their turn."""
+    """Migrate up to ``revision`` in one transaction; concurrent callers wait their turn.
+
+    On PostgreSQL the transaction sets its own timeouts, so the role's do not apply: no
+    ``statement_timeout``, and ``lock_timeout`` of :data:`MIGRATION_LOCK_TIMEOUT` for table locks
+    once it holds the upgrade lock (none while it waits for that lock).
+    """
     _run(engine, "upgrade", revision)
 
 
@@ -142,11 +159,20 @@ def _run(engine: Engine, direction: str, revision: str) -> None:
     try:
         with engine.begin() as connection:
             if connection.dialect.name == "postgresql":
+                for setting in _NO_TIMEOUTS:  # before the lock: its wait is a statement too
+                    connection.execute(setting)
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+                connection.execute(_TABLE_LOCK_TIMEOUT)
             getattr(command, direction)(alembic_config(connection), revision)
     except CommandError as exc:
         raise DatabaseError(f"cannot {direction} to {revision!r}: {exc}") from None
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":
+            raise DatabaseError(
+                f"{direction} waited more than {MIGRATION_LOCK_TIMEOUT} for a lock on one of fuseline's "
+                f"tables, held by another session (see pg_locks), and changed nothing: run it again "
+                f"when that session is done ({exc.orig})"
+            ) from None
         raise DatabaseError(f"{direction} failed: {exc.orig}") from None
 
 
