@@ -35,6 +35,8 @@ bench: $(STAMP)
 	bash bench/peers/run_all.sh
 	$(PY) bench/fuseline_bench.py
 	$(PY) bench/write_cost.py
+	$(PY) bench/slots_bench.py
+	$(PY) bench/pgbouncer_bench.py
 	$(PY) bench/report.py | tee bench/results/report.md
 
 bench-quick: $(STAMP)

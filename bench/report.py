@@ -160,10 +160,52 @@ def main() -> int:
             f"{fmt(dig(fuseline, 'sqlite_pickup', 'p99_ms'), 'ms')}",
         ),
     ]
+    extra += round_two_figures()
     print()
     for label, value in extra:
         print(f"- {label}: {value}")
     return 0
+
+
+def round_two_figures() -> list[tuple[str, str]]:
+    """Slots, writes per step and PgBouncer (bench/{slots,writes,pgbouncer}.json), when measured."""
+    slots, writes, bouncer = load("slots"), load("writes"), load("pgbouncer")
+    lines = []
+    for name, label in (("async", "AsyncStep"), ("threads", "plain steps on threads")):
+        one, four = slots.get(f"pg_slots_{name}_1x100", {}), slots.get(f"pg_slots_{name}_4x100", {})
+        if one or four:
+            lines.append(
+                (
+                    f"slots, steps waiting 100 ms ({label}): 1,000 on 1 x 100 / 10,000 on 4 x 100",
+                    f"{fmt(dig(one, 'seconds'), 's')} / {fmt(dig(four, 'seconds'), 's')}"
+                    " (ideal 1.00 s / 2.50 s)",
+                ),
+            )
+    for name, label in (("noop_c4", "no-op, 4 workers"), ("noop_prefetch10_c4", "no-op, prefetch 10"),
+                        ("chain3_c4", "chains of 3")):  # fmt: skip
+        step = writes.get(name, {}).get("per_step")
+        if step:
+            lines.append(
+                (
+                    f"writes per step ({label})",
+                    f"{step['wal_bytes']:,} WAL bytes, {step['rows_written']} rows,"
+                    f" {step['commits']} commits",
+                ),
+            )
+    for workers in (4, 16):
+        direct = dig(bouncer, f"drain_noop_c{workers}_direct", "steps_per_s")
+        pooled = dig(bouncer, f"drain_noop_c{workers}_pgbouncer", "steps_per_s")
+        if direct and pooled:
+            servers = dig(bouncer, f"drain_noop_c{workers}_pgbouncer", "server_connections_max")
+            lines.append(
+                (
+                    f"no-op drain, {workers} workers --no-listen, direct / through PgBouncer"
+                    " (transaction mode)",
+                    f"{fmt(direct, '/s')} / {fmt(pooled, '/s')} ({pooled / direct:.2f}x,"
+                    f" {servers:.0f} server connections)",
+                ),
+            )
+    return lines
 
 
 if __name__ == "__main__":
