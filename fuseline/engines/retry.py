@@ -51,13 +51,15 @@ def call_retrying(what: str, call: Callable[[], T], *, stopping: threading.Event
     worker does not hammer a database that is down.
     """
     failures = 0
+    cancelled = False
     while True:
         try:
             result = call()
         except DatabaseUnavailable as exc:
             delay = reconnect_delay(failures)
             failures += 1
-            if isinstance(exc, StatementCancelled):  # the database is up: name the timeout instead
+            cancelled = isinstance(exc, StatementCancelled)
+            if cancelled:  # the database is up: name the timeout instead of "unavailable"
                 logger.warning("%s: %s; retrying in %.3fs", what, exc, delay)
             else:
                 logger.warning("database unavailable (%s failed: %s); retrying in %.3fs", what, exc, delay)
@@ -67,6 +69,8 @@ def call_retrying(what: str, call: Callable[[], T], *, stopping: threading.Event
             else:
                 time.sleep(delay)
             continue
-        if failures:
+        if failures and cancelled:
+            logger.info("%s went through after %d cancelled or failed attempts", what, failures)
+        elif failures:
             logger.info("database reachable again after %d failed attempts", failures)
         return result

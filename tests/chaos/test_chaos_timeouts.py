@@ -9,7 +9,8 @@ longer than ``lock_timeout``, again and again; an event trigger slows one statem
 migration; the test holds the upgrade lock.
 
 - A report cancelled by ``statement_timeout`` changed nothing; sent again it is accepted, and
-  once more it is a replay: one success. A claim cancelled takes nothing.
+  once more it is a replay: one success. A claim or a dispatch cancelled takes or adds nothing.
+  A claim cancelled by an operator (``pg_cancel_backend``, also 57014) is retried the same way.
 - Real ``fuseline worker run`` processes of the role drain diamonds dispatched by the role.
   Pass: every instance SUCCEEDED with the right result, each step accepted exactly once, no
   worker exited, the workers logged one WARNING line per retry naming the setting (no
@@ -64,6 +65,8 @@ SLOW_SECONDS = 0.6
 SLOW_SHARE = 0.03
 #: The test takes LOCK TABLE fuseline_steps this often, for this long (more than LOCK_TIMEOUT).
 LOCK_EVERY_SECONDS = 3.0
+#: How long the trigger makes a claim sleep while the test cancels it with pg_cancel_backend.
+OPERATOR_CANCEL_SLEEP_SECONDS = 5.0
 LOCK_HOLD_SECONDS = 0.4
 DRAIN_LIMIT_SECONDS = pick(120.0, 900.0)
 DISPATCH_BATCH = 5
@@ -166,15 +169,15 @@ def assert_statements_of_the_role_are_cancelled(url: URL, statement_timeout: str
             conn.execute("SELECT pg_sleep(1)")
 
 
-def slow_statements(database: URL, role: str, share: float) -> None:
-    """Make ``share`` of the role's writes to fuseline_steps and fuseline_workers sleep past its
-    statement timeout (a statement-level trigger, so one sleep per statement)."""
+def slow_statements(database: URL, role: str, share: float, seconds: float = SLOW_SECONDS) -> None:
+    """Make ``share`` of the role's writes to fuseline_steps and fuseline_workers sleep
+    ``seconds``, past its statement timeout (a statement-level trigger: one sleep per statement)."""
     _execute(
         database,
         f"""CREATE FUNCTION timeouts_slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 IF session_user = '{role}' AND random() < {share} THEN
-                    PERFORM pg_sleep({SLOW_SECONDS});
+                    PERFORM pg_sleep({seconds});
                 END IF;
                 RETURN NULL;
             END $$""",
@@ -248,6 +251,52 @@ def test_a_report_cancelled_by_the_roles_statement_timeout_changed_nothing_and_i
         broker.close()
     history = load_history(chaos_postgres.engine, ledger=False)
     assert_each_step_accepted_once(history, [first], ("unit",))
+
+
+def test_a_claim_cancelled_by_an_operator_is_retried_like_a_timeout(
+    chaos_postgres: ChaosDatabase, timeout_role: TimeoutRole
+) -> None:
+    """pg_cancel_backend also raises 57014: fuseline's transactions are short and fenced, so
+    it is retried too (see ``engine.statement_cancelled``), with its own words in the message."""
+    database = make_url(chaos_postgres.url)
+    timeout_role.grant_data(database)
+    role_url = timeout_role.url(database)
+    broker = SqlBroker(role_url, listen=False)
+    try:
+        schema = flows.unit.to_schema()
+        worker = broker.register_worker([schema])
+        (instance,) = broker.dispatch_many(schema, [{"n": 1}])
+        slow_statements(database, timeout_role.name, share=1.0, seconds=OPERATOR_CANCEL_SLEEP_SECONDS)
+        cancels: list[int] = []
+
+        def cancel_the_sleeping_claim() -> None:
+            with psycopg.connect(_libpq(database), autocommit=True) as conn:
+                found = wait_for(
+                    lambda: conn.execute(
+                        "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity "
+                        "WHERE usename = %s AND wait_event = 'PgSleep'",
+                        [timeout_role.name],
+                    ).fetchone()[0],  # type: ignore[index]
+                    OPERATOR_CANCEL_SLEEP_SECONDS,
+                    "the claim to sleep in the trigger",
+                )
+                cancels.append(found)
+
+        canceller = threading.Thread(target=cancel_the_sleeping_claim, daemon=True)
+        canceller.start()
+        with pytest.raises(StatementCancelled, match=r"on request, e.g. by pg_cancel_backend \(57014\)"):
+            broker.get_step(worker)
+        canceller.join(timeout=10)
+        assert cancels == [1]
+        _execute(
+            database,
+            "DROP TRIGGER timeouts_slow_steps ON fuseline_steps",
+            "DROP TRIGGER timeouts_slow_workers ON fuseline_workers",
+        )
+        held = broker.get_step(worker)  # what the worker does next: the same claim, again
+        assert held is not None and (held.instance_id, held.attempt) == (instance, 1)
+    finally:
+        broker.close()
 
 
 class TableLocker(threading.Thread):
