@@ -11,6 +11,7 @@ migration; the test holds the upgrade lock.
 - A report cancelled by ``statement_timeout`` changed nothing; sent again it is accepted, and
   once more it is a replay: one success. A claim or a dispatch cancelled takes or adds nothing.
   A claim cancelled by an operator (``pg_cancel_backend``, also 57014) is retried the same way.
+  A retention batch stuck past its own 2 s lock timeout is put off with one warning, as before.
 - Real ``fuseline worker run`` processes of the role drain diamonds dispatched by the role.
   Pass: every instance SUCCEEDED with the right result, each step accepted exactly once, no
   worker exited, the workers logged one WARNING line per retry naming the setting (no
@@ -23,6 +24,7 @@ migration; the test holds the upgrade lock.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 import time
@@ -41,6 +43,7 @@ from fuseline.broker.sql import SqlBroker
 from fuseline.broker.sql import migrate as schema_migrations
 from fuseline.broker.sql.migrate import HEAD_REVISION, alembic_config
 from fuseline.broker.sql.models import instances
+from fuseline.broker.sql.retention import Pruner, RetentionPasses
 from fuseline.errors import StatementCancelled
 from tests.chaos import flows
 from tests.chaos.conftest import ChaosDatabase
@@ -295,6 +298,46 @@ def test_a_claim_cancelled_by_an_operator_is_retried_like_a_timeout(
         )
         held = broker.get_step(worker)  # what the worker does next: the same claim, again
         assert held is not None and (held.instance_id, held.attempt) == (instance, 1)
+    finally:
+        broker.close()
+
+
+def test_a_retention_batch_that_waits_past_its_own_lock_timeout_is_put_off_not_retried(
+    chaos_postgres: ChaosDatabase, timeout_role: TimeoutRole, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention sets ``lock_timeout = '2s'`` for its batch itself: a batch stuck behind a row
+    lock fails (55P03, now a StatementCancelled) and the pass is put off with one warning, as
+    before; it is not turned into a retry loop."""
+    database = make_url(chaos_postgres.url)
+    timeout_role.grant_data(database)
+    broker = SqlBroker(timeout_role.url(database), listen=False, retention=None)
+    try:
+        schema = flows.unit.to_schema()
+        worker = broker.register_worker([schema])
+        (instance,) = broker.dispatch_many(schema, [{"n": 1}])
+        held = broker.get_step(worker)
+        assert held is not None
+        broker.report_step(
+            worker,
+            StepReport(
+                held.workflow_id, instance, "unit", Status.SUCCEEDED, 1, attempt=1, version=held.version
+            ),
+        )
+        with chaos_postgres.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE fuseline_instances SET finished_at = now() - interval '1 day'")
+        passes = RetentionPasses(Pruner.on(broker.db), 3600.0, background=False)
+        with psycopg.connect(_libpq(database)) as holder:  # a transaction holding the step's row
+            holder.execute("SELECT 1 FROM fuseline_steps FOR UPDATE").fetchall()
+            began = time.monotonic()
+            with caplog.at_level(logging.WARNING, logger="fuseline.broker.sql.retention"):
+                passes._one_batch(3600.0)
+            waited = time.monotonic() - began
+            holder.rollback()
+        put_off = [r.getMessage() for r in caplog.records if "pruning put off" in r.getMessage()]
+        assert len(put_off) == 1 and "lock_timeout (55P03)" in put_off[0], put_off
+        assert 2.0 <= waited < 10.0, waited
+        assert broker.get_instance(instance).status is Status.SUCCEEDED  # nothing deleted
+        assert broker.prune(3600.0).instances == 1  # and the next pass deletes it
     finally:
         broker.close()
 
