@@ -134,7 +134,8 @@ def statement_cancelled(error: BaseException) -> str | None:
     operator's ``pg_cancel_backend``. The server rolled the transaction back, so nothing of it
     took effect, and every transaction fuseline runs is short and safe to run again: a report
     is fenced by worker and attempt (and an exact replay of an accepted one is a no-op), a
-    claim takes only steps nobody holds. So all of them are retried (:func:`is_transient`).
+    claim takes only steps nobody holds, a dispatch cancelled added no instance. So all of
+    them are retried by workers (:func:`is_transient`); other callers get StatementCancelled.
     The price: a statement that always runs longer than the timeout is retried for ever,
     each time with this warning; an operator sees it in the log and raises the timeout.
     fuseline's own long work sets its own timeouts: migrations and ``db verify`` run with
@@ -150,7 +151,12 @@ def statement_cancelled(error: BaseException) -> str | None:
         if "statement timeout" in text:
             return f"statement cancelled by statement_timeout ({sqlstate})"
         if "user request" in text:
-            return f"statement cancelled on request, e.g. by pg_cancel_backend ({sqlstate})"
+            # Also what PostgreSQL says of a statement_timeout that fires as a statement ends (seen
+            # with a timeout of 1 ms): nobody may have asked.
+            return (
+                f"statement cancelled on request (pg_cancel_backend, or a statement_timeout as it ended) "
+                f"({sqlstate})"
+            )
         return f"statement cancelled ({sqlstate})"
     if sqlstate == _LOCK_NOT_AVAILABLE:
         if "lock timeout" in text:

@@ -142,7 +142,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     On PostgreSQL the transaction sets its own timeouts, so the role's do not apply: no
     ``statement_timeout``, and ``lock_timeout`` of :data:`MIGRATION_LOCK_TIMEOUT` for table locks
-    once it holds the upgrade lock (none while it waits for that lock).
+    once it holds the upgrade lock (none while it waits for that lock). What runs before that
+    transaction (the driver's first queries on a new connection, reading the revision) is
+    subject to the role's timeouts: a few milliseconds are enough for them, but with a role
+    ``statement_timeout`` of 1 ms about one ``db upgrade`` in ten fails there, before changing
+    anything.
     """
     _run(engine, "upgrade", revision)
 
