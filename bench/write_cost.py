@@ -11,7 +11,9 @@ processes drain it (``fuseline_bench.run_workers``). Around the drain:
 - rows inserted, updated (of which HOT) and deleted per table, from
   ``pg_stat_user_tables`` (this database only, exact once the workers have
   exited and flushed their statistics);
-- commits from ``pg_stat_database``.
+- commits from ``pg_stat_database``;
+- CPU seconds of every ``postgres`` process (from ``/proc``, so the whole
+  server again) and of the worker processes (``RUSAGE_CHILDREN``).
 
 Dispatch is counted apart (per instance), with the same counters.
 
@@ -22,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +75,55 @@ def read_counters(url: str) -> Counters:
     return Counters(lsn, commits, {name: (ins, upd, hot, dele) for name, ins, upd, hot, dele in rows})
 
 
+def postgres_cpu() -> dict[int, float]:
+    """User + system CPU seconds of each live ``postgres`` process on this machine, by pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if name == "postgres":
+            seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return seconds
+
+
+class PostgresCpuSampler:
+    """PostgreSQL's CPU seconds spent while it runs, sampled every 20 ms.
+
+    The workers' backends exit with the workers, taking their counters with
+    them, so the last reading of each process is kept; a process first seen
+    while sampling counts from zero (its whole life falls in the window).
+    """
+
+    def __init__(self) -> None:
+        self._first = postgres_cpu()
+        self._last = dict(self._first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self._last.update(postgres_cpu())
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._last.update(postgres_cpu())
+        return sum(last - self._first.get(pid, 0.0) for pid, last in self._last.items())
+
+
+def workers_cpu_seconds() -> float:
+    """CPU seconds of this process's ended children (the drain's worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cost(url: str, before: Counters, after: Counters, units: int) -> dict[str, Any]:
     """Per-unit differences between two readings (tables that did not change are left out)."""
     with psycopg.connect(_plain(url), autocommit=True) as conn:
@@ -101,13 +155,18 @@ def measure(workflow: str, instances: int, processes: int, prefetch: int) -> dic
     dispatched = read_counters(url)
     checkpoint(url)  # the drain starts, like the drain figures, just after a checkpoint
     drained_from = read_counters(url)
+    sampler, workers_before = PostgresCpuSampler(), workers_cpu_seconds()
     seconds = run_workers(url, workflow, processes, prefetch)
+    postgres_seconds, workers_seconds = sampler.stop(), workers_cpu_seconds() - workers_before
     end = read_counters(url)
     steps = instances * len(WORKFLOWS[workflow].steps)
+    per_step = cost(url, drained_from, end, steps)
+    per_step["postgres_cpu_ms"] = round(1000 * postgres_seconds / steps, 3)
+    per_step["workers_cpu_ms"] = round(1000 * workers_seconds / steps, 3)
     return {
         "steps": steps,
         "seconds": round(seconds, 3),
-        "per_step": cost(url, drained_from, end, steps),
+        "per_step": per_step,
         "dispatch_per_instance": cost(url, start, dispatched, instances),
     }
 
@@ -128,7 +187,8 @@ def main() -> None:
         step = figures[name]["per_step"]
         print(
             f"{name:<22} per step: {step['wal_bytes']:>6} WAL bytes, {step['rows_written']:>5} rows,"
-            f" {step['commits']:>5} commits  {json.dumps(step['tables'])}",
+            f" {step['commits']:>5} commits, CPU {step['postgres_cpu_ms']} ms in PostgreSQL and"
+            f" {step['workers_cpu_ms']} ms in workers  {json.dumps(step['tables'])}",
             flush=True,
         )
     out = Path(args.out)
