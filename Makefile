@@ -23,7 +23,7 @@ demo: $(STAMP)
 ## test: lint, then the whole test suite (PostgreSQL found or started automatically)
 test: $(STAMP)
 	@# The dashboard's browser tests drive Debian's headless Chromium.
-	command -v chromedriver >/dev/null && (command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null || (apt-get update && apt-get install -y chromium chromium-driver pgbouncer)
+	command -v chromedriver >/dev/null && (command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null && ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium chromium-driver pgbouncer libfaketime)
 	$(VENV)/bin/ruff check .
 	@# Two test processes (each test file in one of them, with its own databases), then the few
 	@# tests marked serial alone; exit code 5 is "none selected", e.g. with PYTEST_ARGS=tests/unit.
