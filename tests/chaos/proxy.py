@@ -15,12 +15,23 @@ connection to the server (TCP, or the server's Unix socket):
   that request and everything after it are dropped in both directions and
   new connections get no answer, while every socket stays open, until
   :meth:`heal` resets them all.
+
+Given a :class:`LinkShape` it is also a slow, lossy link: every chunk
+waits ``delay_seconds`` in its direction before it is written, in order
+(a round trip costs ``2 x delay_seconds``). TCP loses no bytes, so packet
+loss shows as the stall the retransmission causes: each chunk is held,
+with probability ``loss``, ``stall_seconds`` longer (a retransmission
+timeout), and everything behind it in that direction waits too. The
+counters say what crossed: ``chunks``, ``turns`` (a client chunk after
+the server spoke, or the first of a connection: one round trip) and
+``stalls``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 from dataclasses import dataclass, field
 
@@ -33,12 +44,66 @@ QUIET_SECONDS = 0.3
 _UNARMED = object()
 
 
+@dataclass(frozen=True)
+class LinkShape:
+    """A slow, lossy link: one-way delay, the share of chunks lost, and what a loss costs."""
+
+    #: Seconds each chunk waits in each direction (the round trip is twice this).
+    delay_seconds: float
+    #: Probability that a chunk is "lost" and held for a retransmission timeout.
+    loss: float = 0.0
+    #: How long a lost chunk (and all behind it in its direction) waits for its retransmission.
+    stall_seconds: float = 0.25
+    seed: int = 0
+
+    @property
+    def round_trip_seconds(self) -> float:
+        return 2 * self.delay_seconds
+
+
+class _DelayLine:
+    """One direction of a shaped pair: chunks written in order, each once it is due."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        self._last_due = 0.0
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, data: bytes, due: float) -> None:
+        # Never before the chunk ahead of it: a stall holds back everything behind it (TCP order).
+        self._last_due = max(due, self._last_due)
+        self._queue.put_nowait((self._last_due, data))
+
+    async def close(self) -> None:
+        """Write what is still in the line, then stop (the other end hung up after it)."""
+        self._queue.put_nowait(None)
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while (item := await self._queue.get()) is not None:
+                due, data = item
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                self._writer.write(data)
+                await self._writer.drain()
+        except OSError:
+            pass  # the pair is going away
+
+
 @dataclass(eq=False)
 class _Pair:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     swallow: bool = False
     swallowed: bytearray = field(default_factory=bytearray)
+    #: The delay lines towards the server and towards the client (a shaped link only).
+    up: _DelayLine | None = None
+    down: _DelayLine | None = None
+    #: Whether the server spoke since the client's last chunk (the next one is a new round trip).
+    answered: bool = True
 
     def abort(self) -> None:
         for writer in (self.client, self.server):
@@ -47,7 +112,7 @@ class _Pair:
 
 
 class TcpProxy:
-    def __init__(self, target: URL) -> None:
+    def __init__(self, target: URL, shape: LinkShape | None = None) -> None:
         socket_dir = target.query.get("host")
         if target.host is None and socket_dir:
             self._unix = f"{socket_dir}/.s.PGSQL.{target.port or 5432}"
@@ -68,6 +133,11 @@ class TcpProxy:
         self.connections = 0
         self.refused = 0
         self.replies_lost = 0
+        self.shape = shape
+        self._random = random.Random(shape.seed if shape is not None else 0)
+        self.chunks = 0
+        self.turns = 0
+        self.stalls = 0
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -162,6 +232,11 @@ class TcpProxy:
             return
         self.connections += 1
         pair = _Pair(client_writer, server_writer)
+        if self.shape is not None:
+            pair.up, pair.down = _DelayLine(server_writer), _DelayLine(client_writer)
+            self._tasks.update((pair.up.task, pair.down.task))
+            for line in (pair.up.task, pair.down.task):
+                line.add_done_callback(self._tasks.discard)
         self._pairs.add(pair)
         try:
             await asyncio.gather(
@@ -184,8 +259,17 @@ class TcpProxy:
                 if trigger is not _UNARMED and (trigger is None or trigger in data):
                     self._trigger = _UNARMED
                     pair.swallow = True
+                self.chunks += 1
+                if pair.answered:
+                    self.turns += 1
+                    pair.answered = False
+                if pair.up is not None:
+                    pair.up.put(data, self._due())
+                    continue
                 pair.server.write(data)
                 await pair.server.drain()
+            if pair.up is not None:
+                await pair.up.close()
         except OSError:
             pass  # either side went away: the pair is dropped below
         finally:
@@ -210,9 +294,25 @@ class TcpProxy:
                             return
                         pair.swallowed += more
                     continue
+                self.chunks += 1
+                pair.answered = True
+                if pair.down is not None:
+                    pair.down.put(data, self._due())
+                    continue
                 pair.client.write(data)
                 await pair.client.drain()
+            if pair.down is not None:
+                await pair.down.close()
         except OSError:
             pass
         finally:
             pair.abort()
+
+    def _due(self) -> float:
+        """When a chunk read now is written on a shaped link."""
+        assert self.shape is not None
+        due = self._loop.time() + self.shape.delay_seconds
+        if self.shape.loss and self._random.random() < self.shape.loss:
+            self.stalls += 1
+            due += self.shape.stall_seconds
+        return due
