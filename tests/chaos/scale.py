@@ -139,6 +139,49 @@ class Timeouts:
 
 TIMEOUTS = Timeouts(workers=pick(3, 8), instances=pick(200, 2_000), lease_seconds=5.0)
 
+
+@dataclass(frozen=True)
+class SlowNetwork:
+    """Issue 16 case 5: workers reach the database over a slow, lossy link (a shaping proxy)."""
+
+    workers: int
+    #: Instances drained once direct and once through the slow link.
+    instances: int
+    lease_seconds: float
+    #: One-way delay; the round trip is twice this.
+    delay_seconds: float
+    #: Share of chunks "lost", each held for ``stall_seconds`` (a retransmission timeout).
+    loss: float
+    stall_seconds: float
+
+
+SLOW_NETWORK = SlowNetwork(
+    workers=pick(4, 8),
+    instances=pick(48, 500),
+    lease_seconds=3.0,
+    delay_seconds=0.025,
+    loss=0.01,
+    stall_seconds=0.25,
+)
+
+
+@dataclass(frozen=True)
+class Failover:
+    """Issue 16 case 1: the primary SIGKILLed under load and its hot standby promoted."""
+
+    workers: int
+    instances: int
+    lease_seconds: float
+    #: Diamonds dispatched per second while the workers run (the kill comes mid-way).
+    dispatch_rate: float
+
+
+FAILOVER = Failover(
+    workers=pick(3, 8), instances=pick(150, 2_000), lease_seconds=5.0, dispatch_rate=pick(15.0, 60.0)
+)
+#: Seconds from the last step finished before the kill to the first accepted after the promotion.
+FAILOVER_RECONNECT_LIMIT_SECONDS = 10.0
+
 _report_lock = threading.Lock()
 
 
