@@ -114,10 +114,15 @@ def scrub(message: str, url: str | URL | None) -> str:
 
 #: SQLSTATE classes and codes that mean "try again": the connection failed or
 #: was cut (08), the server is shutting down or starting (57P01-57P03), too
-#: many connections (53300), the transaction lost a race (40001, 40P01), the
-#: server ended a transaction left idle too long (25P03, see below), or a
-#: statement was cancelled (57014, 55P03, see :func:`statement_cancelled`).
-_TRANSIENT_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25P03", "57014", "55P03")
+#: many connections (53300), the disk is full (53100: the statement's
+#: transaction was rolled back, and space may come back), the transaction lost a
+#: race (40001, 40P01), the server ended a transaction left idle too long
+#: (25P03, see below), or a statement was cancelled (57014, 55P03, see
+#: :func:`statement_cancelled`).
+_TRANSIENT_SQLSTATES = (
+    *("08", "57P01", "57P02", "57P03", "53300", "53100"),
+    *("40001", "40P01", "25P03", "57014", "55P03"),
+)
 
 #: query_canceled: ``statement_timeout``, or a cancel request (``pg_cancel_backend``).
 _QUERY_CANCELED = "57014"
