@@ -81,7 +81,12 @@ CFG = pick(
         # Kills every 2 s, not the 0.5 s of database workers: a worker through a server starts and
         # runs several times slower on 2 cores, and at 0.5 s most of the fleet was always starting,
         # so steps ran out of their 3 claims ("worker lost") before any worker held them long.
-        workers=6, instances=2_000, lease_seconds=5.0, kill_every=2.0, server_kills=3, outage_seconds=3.0
+        workers=6,
+        instances=2_000,
+        lease_seconds=5.0,
+        kill_every=2.0,
+        server_kills=3,
+        outage_seconds=3.0,
     ),
 )
 DRAIN_LIMIT_SECONDS = pick(120.0, 1800.0)
