@@ -49,9 +49,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.engine import mask_url, parse_url
 from fuseline.broker.sql.migrate import upgrade
 from fuseline.broker.sql.models import instances
-from fuseline.errors import DatabaseUnavailable
+from fuseline.errors import DatabaseError, DatabaseUnavailable
 from tests.chaos import flows
 from tests.chaos.conftest import _test_engine
 from tests.chaos.history import (
@@ -383,3 +384,22 @@ def test_failover_with_asynchronous_replication_may_lose_the_last_commits_but_ne
                 "reruns": sum(len(rows) - 1 for rows in executions.values()),
             },
         )
+
+
+def test_a_multi_host_url_names_its_hosts_in_the_query_and_keeps_its_password_hidden() -> None:
+    """The form the failover test uses parses with every host kept and the password masked; hosts
+    listed in the authority (``@a:5432,b:5432/``), which SQLAlchemy cannot parse, get an error
+    that shows the query form, and no password."""
+    url = (
+        "postgresql+psycopg://app:S3cr3t-p%40ss@/app?host=10.0.0.1:5432&host=10.0.0.2:5433"
+        "&target_session_attrs=read-write"
+    )
+    parsed = parse_url(url)
+    assert parsed.query["host"] == ("10.0.0.1:5432", "10.0.0.2:5433")
+    assert parsed.query["target_session_attrs"] == "read-write"
+    assert "S3cr3t" not in mask_url(url) and "S3cr3t" not in repr(parsed)
+    with pytest.raises(
+        DatabaseError, match=r"name several hosts in the query: \?host=a:5432&host=b:5432"
+    ) as error:
+        parse_url("postgresql+psycopg://app:S3cr3t-p%40ss@10.0.0.1:5432,10.0.0.2:5433/app")
+    assert "S3cr3t" not in str(error.value)

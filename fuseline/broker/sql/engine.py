@@ -38,6 +38,11 @@ _PASSWORD_IN_URL = re.compile(
     r"^((?:[A-Za-z][\w+.-]*://)?[^:/@\s]*:)([^/?#\s]*)@([^@/?#\s]*(?:[/?#].*)?)$", re.DOTALL
 )
 _CONFIGURED_SQLITE: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Hosts with ports listed in the URL's authority ("@a:5432,b:5432/"), which SQLAlchemy cannot
+#: parse: the hosts of a primary and its standbys go in the query instead, where libpq tries
+#: them in order (``target_session_attrs=read-write`` keeps the first that takes writes).
+_SEVERAL_HOSTS_WITH_PORTS = re.compile(r"^[A-Za-z][\w+.-]*://(?:[^/?#]*@)?[^/?#@]*:\d*,[^/?#@]*(?:[/?#]|$)")
+_MULTI_HOST_EXAMPLE = "?host=a:5432&host=b:5432&target_session_attrs=read-write"
 
 #: The URL query option saying that connections go through a transaction pooler:
 #: ``postgresql+psycopg://app@pgbouncer:6432/app?pooler=transaction``. fuseline reads it and
@@ -57,7 +62,10 @@ def parse_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: {scrub(str(exc), url)}") from None
+        reason = scrub(str(exc), url)
+        if _SEVERAL_HOSTS_WITH_PORTS.match(str(url)):
+            reason = f"{reason} (name several hosts in the query: {_MULTI_HOST_EXAMPLE})"
+        raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: {reason}") from None
     if parsed.host and "@" in parsed.host:  # "user:p@ss@host": the rest of the password became the host
         raise DatabaseError(f"invalid database URL {mask_url(str(url))!r}: write an @ in the password as %40")
     backend = parsed.get_backend_name()
