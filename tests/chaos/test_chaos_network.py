@@ -35,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import sqlalchemy as sa
@@ -74,22 +75,35 @@ def dispatch(url: str, inputs: list[dict]) -> list[str]:
         broker.close()
 
 
+class Drain(NamedTuple):
+    """One timed drain: from the dispatch until no instance runs."""
+
+    seconds: float
+    #: From the first worker's start until every one logged that it started.
+    startup_seconds: float
+    ids: list[str]
+    #: Every worker's stderr, joined.
+    logs: str
+
+
 def drain(
     db: ChaosDatabase,
     folder: Path,
     worker_url: str,
     first_n: int,
     before_dispatch: Callable[[], None] | None = None,
-) -> tuple[float, list[str], str]:
+) -> Drain:
     """Start the workers on ``worker_url``, wait until they all run, dispatch the instances
-    (direct) and time until none is running; returns (seconds, instance ids, the workers' logs)."""
+    (direct) and time until none is running."""
     cfg = SLOW_NETWORK
     options = ("--lease-seconds", str(cfg.lease_seconds))
     with Workers(folder, worker_url, "tests.chaos.flows:diamond", *options) as fleet:
+        starting = time.monotonic()
         for _ in range(cfg.workers):
             fleet.start()
         for worker in fleet.started:
             worker.wait_for_log(STARTED, timeout=60)
+        startup_seconds = time.monotonic() - starting
         if before_dispatch is not None:
             before_dispatch()
         began = time.monotonic()
@@ -109,7 +123,7 @@ def drain(
         tracebacks = [w for w in fleet.started if "Traceback" in w.stderr]
         assert not tracebacks, fleet.logs(tracebacks)
         logs = "\n".join(w.stderr for w in fleet.started)
-    return seconds, ids, logs
+    return Drain(seconds, startup_seconds, ids, logs)
 
 
 @pytest.mark.timeout(2 * DRAIN_LIMIT_SECONDS + 120)
@@ -122,7 +136,7 @@ def test_workers_on_a_slow_lossy_link_finish_everything_once_and_lose_only_round
     seed = random.randrange(1 << 30)
     shape = LinkShape(cfg.delay_seconds, loss=cfg.loss, stall_seconds=cfg.stall_seconds, seed=seed)
 
-    direct_seconds, direct_ids, _ = drain(db, tmp_path / "direct", db.url, 0)
+    direct = drain(db, tmp_path / "direct", db.url, 0)
 
     with TcpProxy(make_url(db.url), shape) as link:
         slow_url = link.url_for(make_url(db.url)).render_as_string(hide_password=False)
@@ -131,13 +145,12 @@ def test_workers_on_a_slow_lossy_link_finish_everything_once_and_lose_only_round
         def snapshot() -> None:
             counted.update(turns=link.turns, chunks=link.chunks, stalls=link.stalls)
 
-        slow_seconds, slow_ids, slow_logs = drain(
-            db, tmp_path / "slow", slow_url, cfg.instances, before_dispatch=snapshot
-        )
+        slow = drain(db, tmp_path / "slow", slow_url, cfg.instances, before_dispatch=snapshot)
         turns = link.turns - counted["turns"]
         chunks = link.chunks - counted["chunks"]
         stalls = link.stalls - counted["stalls"]
         connections = link.connections
+        verifying = time.monotonic()
         cli = subprocess.run(
             [str(SCRIPT), "db", "verify"],
             cwd=REPOSITORY,
@@ -147,9 +160,10 @@ def test_workers_on_a_slow_lossy_link_finish_everything_once_and_lose_only_round
             timeout=120,
             check=False,
         )
+        verify_seconds = time.monotonic() - verifying
     assert cli.returncode == 0 and "every invariant holds" in cli.stdout, cli.stdout + cli.stderr
 
-    ids = direct_ids + slow_ids
+    ids = direct.ids + slow.ids
     history = load_history(db.engine)
     for n, instance_id in enumerate(ids):
         status, result = history.instance_states[instance_id]
@@ -158,15 +172,15 @@ def test_workers_on_a_slow_lossy_link_finish_everything_once_and_lose_only_round
     assert_invariants(db.engine)
     lease_expired = len(history.of("lease_expired"))
     assert lease_expired == 0, f"{lease_expired} leases expired: {history.of('lease_expired')[:5]}"
-    heartbeat_warnings = slow_logs.count("heartbeat failed")
-    assert heartbeat_warnings == 0, slow_logs[-4000:]
+    heartbeat_warnings = slow.logs.count("heartbeat failed")
+    assert heartbeat_warnings == 0, slow.logs[-4000:]
 
     steps = cfg.instances * len(flows.DIAMOND_STEPS)
     round_trips_per_step = turns / steps
     rtt = shape.round_trip_seconds
     explained = steps * round_trips_per_step * rtt / cfg.workers
     stall_allowance = stalls * cfg.stall_seconds
-    bound = direct_seconds + 2 * explained + stall_allowance + BOUND_SLACK_SECONDS
+    bound = direct.seconds + 2 * explained + stall_allowance + BOUND_SLACK_SECONDS
     assert turns >= steps, f"only {turns} round trips for {steps} steps: the workers bypassed the link"
     assert stalls > 0, f"no chunk of {chunks} was held: the link lost nothing"
     numbers = {
@@ -178,22 +192,25 @@ def test_workers_on_a_slow_lossy_link_finish_everything_once_and_lose_only_round
         "round_trip_ms": round(rtt * 1000),
         "loss": cfg.loss,
         "stall_ms": round(cfg.stall_seconds * 1000),
-        "direct_seconds": round(direct_seconds, 2),
-        "slow_seconds": round(slow_seconds, 2),
-        "direct_steps_per_second": round(steps / direct_seconds, 1),
-        "slow_steps_per_second": round(steps / slow_seconds, 1),
+        "direct_seconds": round(direct.seconds, 2),
+        "slow_seconds": round(slow.seconds, 2),
+        "direct_steps_per_second": round(steps / direct.seconds, 1),
+        "slow_steps_per_second": round(steps / slow.seconds, 1),
         "round_trips_per_step": round(round_trips_per_step, 2),
         "chunks": chunks,
         "stalls": stalls,
         "connections": connections,
         "explained_seconds": round(explained, 2),
         "bound_seconds": round(bound, 2),
+        "direct_startup_seconds": round(direct.startup_seconds, 2),
+        "slow_startup_seconds": round(slow.startup_seconds, 2),
+        "slow_db_verify_seconds": round(verify_seconds, 2),
         "lease_expired": lease_expired,
         "seed": seed,
         "full_scale": FULL,
     }
     report("slow_network", numbers)
-    assert slow_seconds <= bound, (
-        f"the slow drain took {slow_seconds:.2f} s, more than the round trips explain ({bound:.2f} s): "
+    assert slow.seconds <= bound, (
+        f"the slow drain took {slow.seconds:.2f} s, more than the round trips explain ({bound:.2f} s): "
         f"{numbers}"
     )
