@@ -200,6 +200,32 @@ FAILOVER = Failover(
 #: Seconds from the last step finished before the kill to the first accepted after the promotion.
 FAILOVER_RECONNECT_LIMIT_SECONDS = 10.0
 
+
+@dataclass(frozen=True)
+class FullDisk:
+    """Issue 16 case 4: the database's disk (a tmpfs tablespace) filled under load, then freed."""
+
+    workers: int
+    #: Diamonds dispatched per second, before, during and after the full disk.
+    rate: float
+    #: Diamonds dispatched at once just before the disk fills (the workers drain them meanwhile).
+    backlog: int
+    lease_seconds: float
+    before_seconds: float
+    full_seconds: float
+    after_seconds: float
+
+
+FULL_DISK = FullDisk(
+    workers=pick(3, 8),
+    rate=pick(20.0, 50.0),
+    backlog=pick(200, 1_000),
+    lease_seconds=3.0,
+    before_seconds=pick(3.0, 10.0),
+    full_seconds=pick(5.0, 20.0),
+    after_seconds=pick(3.0, 10.0),
+)
+
 _report_lock = threading.Lock()
 
 
