@@ -38,6 +38,7 @@ _PASSWORD_IN_URL = re.compile(
     r"^((?:[A-Za-z][\w+.-]*://)?[^:/@\s]*:)([^/?#\s]*)@([^@/?#\s]*(?:[/?#].*)?)$", re.DOTALL
 )
 _CONFIGURED_SQLITE: weakref.WeakSet[Engine] = weakref.WeakSet()
+_LINE_BREAKS = re.compile(r"\s*\n\s*")
 #: Hosts with ports listed in the URL's authority ("@a:5432,b:5432/"), which SQLAlchemy cannot
 #: parse: the hosts of a primary and its standbys go in the query instead, where libpq tries
 #: them in order (``target_session_attrs=read-write`` keeps the first that takes writes).
@@ -231,12 +232,18 @@ def database_error(
     cancelled = statement_cancelled(error)
     if cancelled is not None:
         return StatementCancelled(f"{where}: {cancelled}; its transaction was rolled back")
-    message = f"{where}: {pooler_hint(scrub(str(error), url))}"
+    message = f"{where}: {one_line(pooler_hint(scrub(str(error), url)))}"
     if is_busy(error):
         return DatabaseBusy(message)
     if is_transient(error, connection_invalidated=connection_invalidated):
         return DatabaseUnavailable(message)
     return DatabaseError(message)
+
+
+def one_line(message: str) -> str:
+    """The server's message on one line: its DETAIL and HINT lines follow the first after a space
+    (a full disk adds "HINT:  Check free disk space."), so a log line or a CLI error stays one."""
+    return _LINE_BREAKS.sub(" ", message.strip())
 
 
 def pooler_hint(message: str) -> str:
