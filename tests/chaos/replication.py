@@ -8,8 +8,9 @@ free loopback port and on a Unix socket in its own folder. As root the
 servers run as the ``embedded_postgres`` system user (PostgreSQL refuses
 to run as root), as :mod:`tests.chaos.server` does.
 
-The primary can be SIGKILLed (its postmaster, then what is left of its
-group: the machine lost) and the standby promoted (``pg_ctl promote``).
+The standby can be made to fall behind (the walsender SIGSTOPped), the
+primary SIGKILLed (its postmaster and every process it started: the
+machine lost) and the standby promoted (``pg_ctl promote``).
 :meth:`ReplicatedPair.close` kills every server it started and deletes the
 folder, whatever happened; it is safe to call twice.
 """
@@ -96,6 +97,7 @@ class ReplicatedPair:
             shutil.chown(self.folder, SYSTEM_USER, SYSTEM_USER)
         self.primary = Node("primary", self.folder / "primary", free_port())
         self.standby = Node("standby", self.folder / "standby", free_port())
+        self._paused: int | None = None
 
     # -- making and starting ------------------------------------------------------------------
 
@@ -206,13 +208,38 @@ class ReplicatedPair:
     # -- failing over ---------------------------------------------------------------------------
 
     def kill_primary(self) -> None:
-        """SIGKILL the primary's postmaster, then whatever of its group is left (its machine lost)."""
+        """SIGKILL the primary's postmaster, then every process it had started: the machine lost.
+
+        (Its children are sessions of their own, so a signal to its process group misses them;
+        left alone they would end by themselves on noticing the postmaster gone.)"""
         proc = self.primary.proc
         assert proc is not None and proc.poll() is None, "the primary is not running"
+        children = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        self._paused = None  # the walsender died with the rest
+
+    def pause_replication(self) -> int:
+        """SIGSTOP the primary's walsender, so the standby falls behind (as over a slow link);
+        returns its pid. (Stopping the standby's walreceiver instead would not do: what the
+        walsender had written waits in the loopback socket and is received when it resumes.)"""
+        with psycopg.connect(self.primary.conninfo(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pid FROM pg_stat_replication WHERE application_name = %s", [STANDBY_NAME]
+            ).fetchone()
+        assert row is not None, "the primary has no walsender"
+        os.kill(row[0], signal.SIGSTOP)
+        self._paused = row[0]
+        return int(row[0])
+
+    def resume_replication(self) -> None:
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(paused, signal.SIGCONT)
 
     def promote_standby(self) -> None:
         """``pg_ctl promote -w``: returns once the standby takes writes."""
@@ -232,10 +259,12 @@ class ReplicatedPair:
     # -- cleaning up ----------------------------------------------------------------------------
 
     def close(self) -> None:
+        self.resume_replication()
         for node in (self.primary, self.standby):
             proc = node.proc
             if proc is None:
                 continue
+            children = _children(proc.pid)
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGQUIT)  # immediate shutdown of the whole server
@@ -243,8 +272,23 @@ class ReplicatedPair:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                        os.kill(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # backends a killed postmaster left behind
+            for pid in children:  # whatever did not follow its postmaster
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
