@@ -132,7 +132,16 @@ class ReplicatedPair:
         # given above, so the primary knows it as STANDBY_NAME). The copy has the primary's
         # settings: its port, and its synchronous_standby_names, with which the promoted
         # standby would wait for ever for a standby of its own (a failover tool turns it off).
-        self._configure(self.standby, {"port": str(self.standby.port), "synchronous_standby_names": "''"})
+        # Without a primary to stream from, the standby retries every wal_retrieve_retry_interval
+        # (5 s by default), and a promotion that arrives in that pause waited it out at times.
+        self._configure(
+            self.standby,
+            {
+                "port": str(self.standby.port),
+                "synchronous_standby_names": "''",
+                "wal_retrieve_retry_interval": "'100ms'",
+            },
+        )
         self._launch(self.standby)
         if self.synchronous:
             self.wait_streaming(sync_state="sync")
