@@ -26,6 +26,7 @@ from ..errors import (
     FuselineError,
     LeaseLost,
     ReportConflict,
+    UnknownInstance,
     WorkerExpired,
 )
 from ..workflow.lifecycle import StepLifecycle
@@ -48,6 +49,10 @@ REPORT_FLUSH_SECONDS = 0.05
 
 #: What identifies a step handed out: (instance id, step name).
 StepKey = tuple[str, str]
+#: Reports refused for good, with nothing changed: the lease was lost, another outcome was
+#: accepted, or the instance is gone (deleted by hand, or lost with a primary that failed over
+#: before replicating it). The result is dropped with a warning; the worker goes on.
+UNDELIVERABLE = (LeaseLost, ReportConflict, UnknownInstance)
 
 
 def check_slots(slots: int, prefetch: int) -> None:
@@ -368,8 +373,8 @@ class Worker:
                 self._send_reports(outgoing)  # a report never gives up; only the claim does
                 outgoing.clear()
                 raise
-            except (LeaseLost, ReportConflict) as exc:  # the report was refused, nothing claimed
-                logger.warning("%s", exc)
+            except UNDELIVERABLE as exc:  # the report was refused, nothing claimed
+                logger.warning("dropping the result of step %s: %s", report.step_name, exc)
                 outgoing.clear()
             else:
                 outgoing.clear()
@@ -388,7 +393,7 @@ class Worker:
         """Report finished steps; waits out outages and never gives up on them while the worker lives.
 
         Called by the loop and by the report buffer's flusher thread.
-        Refused reports (LeaseLost, ReportConflict) changed nothing and are
+        Refused reports (:data:`UNDELIVERABLE`) changed nothing and are
         logged. If the broker refuses them because it listed this worker
         dead, their steps are another worker's to run now: they are dropped,
         and the loop registers again.
@@ -396,18 +401,14 @@ class Worker:
         worker_id = self.worker_id
         try:
             if len(reports) == 1:
-                report = reports[0]
-                outcomes: list[BrokerError | None] = []
-                try:
-                    self._retrying(
-                        "report", lambda: self.client.report_step(worker_id, report), stoppable=False
-                    )
-                except (LeaseLost, ReportConflict) as exc:
-                    outcomes = [exc]
+                outcomes = [self._report_alone(worker_id, reports[0])]
             else:
-                outcomes = self._retrying(
-                    "report", lambda: self.client.report_steps(worker_id, reports), stoppable=False
-                )
+                try:
+                    outcomes = self._retrying(
+                        "report", lambda: self.client.report_steps(worker_id, reports), stoppable=False
+                    )
+                except UnknownInstance:  # one instance is gone: the others go one at a time
+                    outcomes = [self._report_alone(worker_id, report) for report in reports]
         except WorkerExpired as exc:
             logger.warning("dropping the results of %d steps: %s", len(reports), exc)
             self._beat.note_expired(worker_id, exc)
@@ -415,6 +416,14 @@ class Worker:
         for outcome in outcomes:
             if outcome is not None:
                 logger.warning("%s", outcome)
+
+    def _report_alone(self, worker_id: str, report: StepReport) -> BrokerError | None:
+        """Report one step, waiting out outages; the refusal if it is undeliverable, else None."""
+        try:
+            self._retrying("report", lambda: self.client.report_step(worker_id, report), stoppable=False)
+        except UNDELIVERABLE as exc:
+            return exc
+        return None
 
     def _send_last(self, reports: list[StepReport]) -> None:
         """Send the reports left when the loop ends; after a heartbeat failure, as far as possible."""
