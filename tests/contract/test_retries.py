@@ -20,8 +20,11 @@ from . import scheduled as sc
 from .support import claim, register, report, states, succeed, trail
 from .timing import claim_not_before
 
-LEASE = 0.3
-PAST_LEASE = 0.45
+#: The claims in these tests are the worker's only heartbeats: a worker is listed dead after twice
+#: its lease without one, so a sleep past the lease plus a slow claim (a loaded machine, another
+#: test process beside this one) must stay under 2 x LEASE, with room to spare.
+LEASE = 1.0
+PAST_LEASE = 1.3
 ERROR = "ValueError: the service said no\nTraceback (innermost 1 frames):\n  File x, line 1"
 
 
