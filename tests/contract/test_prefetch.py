@@ -15,8 +15,8 @@ from fuseline.errors import LeaseLost, ReportConflict
 from . import workflows as wf
 from .support import register, report, states, trail
 
-LEASE = 0.3
-PAST_LEASE = 0.45
+LEASE = 1.0  # claims are the only heartbeats here: see test_retries.py
+PAST_LEASE = 1.3
 
 
 def ok(assignment: StepAssignment, result, *, attempt: int | None = None) -> StepReport:

@@ -113,7 +113,8 @@ def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
     """Lost work is taken up before the backlog queued after it, though it sits below the floor."""
     monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 600.0)  # no full scan may find it here
     monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 600.0)
-    broker = SqlBroker(postgres_url, lease_seconds=0.3, listen=False)
+    # 0.5 s: ``alive``'s claims are its only heartbeats, and it must not be listed dead (2 x lease)
+    broker = SqlBroker(postgres_url, lease_seconds=0.5, listen=False)
     try:
         lost, alive = (broker.register_worker([UNIT.to_schema()]) for _ in range(2))
         dispatch(broker, 0, backdated=True)
@@ -125,7 +126,7 @@ def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
         broker.report_step(
             alive, StepReport(first.workflow_id, first.instance_id, first.step_name, Status.SUCCEEDED, 1)
         )
-        time.sleep(0.4)
+        time.sleep(0.65)
 
         again = broker.get_step(alive)  # reaps step 0, then claims
         assert again is not None
