@@ -49,7 +49,8 @@ bench-http: $(STAMP)
 	$(PY) bench/http_bench.py $(BENCH_ARGS)
 
 ## chaos: the chaos tests (tests/chaos) at the reliability matrix's full scale; takes a while.
-## Each test prints its numbers; FUSELINE_CHAOS_REPORT=path.json also collects them in one file.
+## Each test prints its numbers, the run ends with all of them in one table, and
+## FUSELINE_CHAOS_REPORT=path.json also collects them in one file.
 chaos: $(STAMP)
 	FUSELINE_CHAOS_SCALE=full $(PY) -m pytest tests/chaos -s $(PYTEST_ARGS)
 

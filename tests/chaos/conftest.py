@@ -21,6 +21,7 @@ from fuseline.broker.sql import SqlBroker
 from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.migrate import upgrade
 from tests.chaos.history import create_ledger
+from tests.chaos.scale import summary_table
 from tests.chaos.server import OwnServer
 from tests.conftest import url_text
 from tests.support.databases import PostgresServer
@@ -91,3 +92,12 @@ def own_server() -> Iterator[OwnServer]:
         pytest.fail(f"cannot start an embedded PostgreSQL server for the chaos tests: {exc}", pytrace=False)
     yield server
     server.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """All the chaos tests' numbers of this session in one table (``make chaos`` prints it)."""
+    rows = summary_table()
+    if rows:
+        terminalreporter.section("chaos figures")
+        for row in rows:
+            terminalreporter.write_line(row)

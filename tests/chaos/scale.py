@@ -4,7 +4,8 @@
 2-core box); ``make chaos`` sets ``FUSELINE_CHAOS_SCALE=full`` for the sizes
 of the reliability matrix in the README. Every test prints
 its numbers (shown with ``-s``) and, when ``FUSELINE_CHAOS_REPORT`` names a
-file, adds them to a JSON summary there.
+file, adds them to a JSON summary there; the session ends with all of them
+in one table (see ``tests/chaos/conftest.py``).
 """
 
 from __future__ import annotations
@@ -227,12 +228,15 @@ FULL_DISK = FullDisk(
 )
 
 _report_lock = threading.Lock()
+#: Every report of this test process, in order: the table printed at the end of the session.
+REPORTED: list[tuple[str, dict[str, Any]]] = []
 
 
 def report(name: str, numbers: dict[str, Any]) -> None:
     """Print a test's numbers and add them to the JSON summary (``$FUSELINE_CHAOS_REPORT``)."""
     shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items())
     print(f"\n[chaos {SCALE}] {name}: {shown}")
+    REPORTED.append((name, numbers))
     target = os.environ.get(REPORT_ENV)
     if not target:
         return
@@ -248,6 +252,17 @@ def report(name: str, numbers: dict[str, Any]) -> None:
         summary.setdefault("tests", {})[name] = numbers
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def summary_table() -> list[str]:
+    """The session's reports as one Markdown table: a row per test, its numbers in one cell."""
+    if not REPORTED:
+        return []
+    rows = [f"| test ({SCALE}) | numbers |", "| --- | --- |"]
+    for name, numbers in REPORTED:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in numbers.items() if k != "full_scale")
+        rows.append(f"| {name} | {shown.replace('|', '/')} |")
+    return rows
 
 
 def _short(value: Any) -> str:
