@@ -185,24 +185,6 @@ SLOW_NETWORK = SlowNetwork(
 
 
 @dataclass(frozen=True)
-class Failover:
-    """Issue 16 case 1: the primary SIGKILLed under load and its hot standby promoted."""
-
-    workers: int
-    instances: int
-    lease_seconds: float
-    #: Diamonds dispatched per second while the workers run (the kill comes mid-way).
-    dispatch_rate: float
-
-
-FAILOVER = Failover(
-    workers=pick(3, 8), instances=pick(150, 2_000), lease_seconds=5.0, dispatch_rate=pick(15.0, 60.0)
-)
-#: Seconds from the last step finished before the kill to the first accepted after the promotion.
-FAILOVER_RECONNECT_LIMIT_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
 class FullDisk:
     """Issue 16 case 4: the database's disk (a tmpfs tablespace) filled under load, then freed."""
 
