@@ -374,7 +374,7 @@ class Worker:
                 outgoing.clear()
                 raise
             except UNDELIVERABLE as exc:  # the report was refused, nothing claimed
-                logger.warning("dropping the result of step %s: %s", report.step_name, exc)
+                logger.warning("%s", exc)
                 outgoing.clear()
             else:
                 outgoing.clear()
