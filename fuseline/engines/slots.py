@@ -220,29 +220,8 @@ class SlotLoop:
 
     def _finished(self, slot: Slot, lost: bool) -> StepReport | None:
         """The report of a slot's step, or None when its lease was lost while it ran."""
-        worker = self.worker
-        assignment, execution = slot.assignment, slot.execution
-        assert execution is not None
-        worker._observer.finished(assignment, execution)
-        report = execution.report
-        logger.info(
-            "instance=%s step=%s attempt=%d state=%s duration=%.3fs",
-            assignment.instance_id,
-            assignment.step_name,
-            assignment.attempt,
-            report.state,
-            execution.seconds,
-        )
-        if lost:
-            logger.warning(
-                "dropping the result of step %s of instance %s: its lease was lost",
-                assignment.step_name,
-                assignment.instance_id,
-            )
-            worker._observer.dropped(assignment)
-            return None
-        worker.steps_run += 1
-        return report
+        assert slot.execution is not None
+        return self.worker._ended(slot.assignment, slot.execution, lost=lost)
 
     def _register_again(self, leases: SlotLeases, reporter: SlotReporter) -> bool:
         """Go on under a new worker id after the broker listed this one dead; False if that was

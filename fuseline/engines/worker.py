@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..workflow.lifecycle import StepLifecycle
 from ..workflow.workflow import Workflow
-from .assignment import run_assignment
+from .assignment import Execution, run_assignment
 from .heartbeat import Heartbeat
 from .observer import NO_OBSERVER, WorkerObserver
 from .reportbuffer import ReportBuffer
@@ -49,9 +49,8 @@ REPORT_FLUSH_SECONDS = 0.05
 
 #: What identifies a step handed out: (instance id, step name).
 StepKey = tuple[str, str]
-#: Reports refused for good, with nothing changed: the lease was lost, another outcome was
-#: accepted, or the instance is gone (deleted by hand, or lost with a primary that failed over
-#: before replicating it). The result is dropped with a warning; the worker goes on.
+#: Reports refused for good, nothing changed: lease lost, another outcome accepted, or the instance
+#: gone (deleted, or lost in a failover before it was replicated). Dropped with a warning.
 UNDELIVERABLE = (LeaseLost, ReportConflict, UnknownInstance)
 
 
@@ -286,6 +285,11 @@ class Worker:
             execution = run_assignment(workflow, assignment, self._lifecycle, policy_retries=False)
         finally:
             self._beat.current = None
+        return self._ended(assignment, execution, lost=self._beat.lost is assignment)
+
+    def _ended(self, assignment: StepAssignment, execution: Execution, *, lost: bool) -> StepReport | None:
+        """A step ended (in the loop or in a slot): count and log it; its report, or None when its
+        lease was lost while it ran (the broker would refuse the report anyway)."""
         self._observer.finished(assignment, execution)
         report = execution.report
         logger.info(
@@ -296,7 +300,7 @@ class Worker:
             report.state,
             execution.seconds,
         )
-        if self._beat.lost is assignment:
+        if lost:
             logger.warning(
                 "dropping the result of step %s of instance %s: its lease was lost",
                 assignment.step_name,
