@@ -13,7 +13,10 @@ processes drain it (``fuseline_bench.run_workers``). Around the drain:
   exited and flushed their statistics);
 - commits from ``pg_stat_database``;
 - CPU seconds of every ``postgres`` process (from ``/proc``, so the whole
-  server again) and of the worker processes (``RUSAGE_CHILDREN``).
+  server again) and of the worker processes (``RUSAGE_CHILDREN``);
+- where the WAL of the drain went, by table and index (``pg_walinspect``:
+  the records that touch this database's relations, so other databases do
+  not count): which writes are worth removing.
 
 Dispatch is counted apart (per instance), with the same counters.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import threading
 import time
@@ -147,6 +151,32 @@ def cost(url: str, before: Counters, after: Counters, units: int) -> dict[str, A
     }
 
 
+def wal_by_relation(url: str, start: str, end: str, units: int) -> dict[str, int]:
+    """WAL bytes per unit by relation of this database (heap and index records; full-page
+    images included), largest first."""
+    with psycopg.connect(_plain(url), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        database = conn.execute(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        ).fetchone()[0]
+        names = dict(
+            conn.execute(
+                "SELECT pg_relation_filenode(oid)::text, relname FROM pg_class"
+                " WHERE pg_relation_filenode(oid) IS NOT NULL"
+            ).fetchall()
+        )
+        records = conn.execute(
+            "SELECT record_length, block_ref FROM pg_get_wal_records_info(%s, %s)", (start, end)
+        ).fetchall()
+    by_relation: dict[str, int] = {}
+    for length, block_ref in records:
+        found = re.search(rf"rel \d+/{database}/(\d+)", block_ref or "")
+        if found:
+            name = names.get(found.group(1), found.group(1))
+            by_relation[name] = by_relation.get(name, 0) + length
+    return {name: round(total / units) for name, total in sorted(by_relation.items(), key=lambda kv: -kv[1])}
+
+
 def measure(workflow: str, instances: int, processes: int, prefetch: int) -> dict[str, Any]:
     url = fresh_postgres()
     checkpoint(url)
@@ -161,6 +191,7 @@ def measure(workflow: str, instances: int, processes: int, prefetch: int) -> dic
     end = read_counters(url)
     steps = instances * len(WORKFLOWS[workflow].steps)
     per_step = cost(url, drained_from, end, steps)
+    per_step["wal_by_relation"] = wal_by_relation(url, drained_from.wal_lsn, end.wal_lsn, steps)
     per_step["postgres_cpu_ms"] = round(1000 * postgres_seconds / steps, 3)
     per_step["workers_cpu_ms"] = round(1000 * workers_seconds / steps, 3)
     return {
@@ -191,6 +222,8 @@ def main() -> None:
             f" {step['workers_cpu_ms']} ms in workers  {json.dumps(step['tables'])}",
             flush=True,
         )
+        top = ", ".join(f"{rel} {size}" for rel, size in list(step["wal_by_relation"].items())[:8])
+        print(f"{'':<22} WAL bytes per step by relation: {top}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")

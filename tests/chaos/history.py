@@ -13,6 +13,7 @@ from sqlalchemy import DateTime, Engine, type_coerce
 
 from fuseline.broker.sql.dialects import dialect_of
 from fuseline.broker.sql.models import events, instances, steps, workers
+from fuseline.broker.sql.timeline import timeline
 from fuseline.broker.sql.verify import verify
 from tests.chaos.flows import LEDGER_DDL, LEDGER_TABLE
 
@@ -83,18 +84,15 @@ class History:
 
 
 def load_history(engine: Engine, ledger: bool = True) -> History:
+    """Everything that happened, read the way ``instance_events`` reads one instance's history
+    (claims and instance successes are lines of their own again: see ``fuseline.broker.sql.timeline``)."""
     with engine.connect() as conn:
-        event_rows = conn.execute(
+        running_rows = conn.execute(
             sa.select(
-                events.c.id,
-                events.c.instance_id,
-                events.c.at,
-                events.c.kind,
-                events.c.step_name,
-                events.c.attempt,
-                events.c.worker_id,
-            ).order_by(events.c.id)
+                steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.worker_id, steps.c.started_at
+            ).where(steps.c.state == "RUNNING", steps.c.worker_id.is_not(None))
         ).all()
+        event_rows = conn.execute(sa.select(events).order_by(events.c.id)).all()
         ledger_rows = (
             conn.exec_driver_sql(
                 f"SELECT n, instance_id, step, attempt, pid FROM {LEDGER_TABLE} ORDER BY id"
@@ -106,18 +104,46 @@ def load_history(engine: Engine, ledger: bool = True) -> History:
         step_rows = conn.execute(
             sa.select(steps.c.instance_id, steps.c.name, steps.c.state, steps.c.attempt)
         ).all()
-        instance_rows = conn.execute(sa.select(instances.c.id, instances.c.status, instances.c.result)).all()
+        instance_rows = conn.execute(
+            sa.select(instances.c.id, instances.c.status, instances.c.result, instances.c.finished_at)
+        ).all()
     return History(
-        events=[
-            Event(r.id, norm(r.instance_id), aware(r.at), r.kind, r.step_name, r.attempt, norm(r.worker_id))  # type: ignore[arg-type]
-            for r in event_rows
-        ],
+        events=_lines(event_rows, running_rows, instance_rows),
         ledger=[LedgerRow(r[0], norm(r[1]), r[2], r[3], r[4]) for r in ledger_rows],
         worker_pids={norm(r.id): r.pid for r in worker_rows},  # type: ignore[misc]
         worker_started={norm(r.id): aware(r.started_at) for r in worker_rows},  # type: ignore[misc]
         step_states={(norm(r.instance_id), r.name): (r.state, r.attempt) for r in step_rows},  # type: ignore[misc]
         instance_states={norm(r.id): (r.status, r.result) for r in instance_rows},  # type: ignore[misc]
     )
+
+
+def _lines(event_rows: list[Any], running_rows: list[Any], instance_rows: list[Any]) -> list[Event]:
+    """Each instance's history lines, instances in the order their first event was written."""
+    stored: dict[str, list[Any]] = defaultdict(list)
+    running: dict[str, list[Any]] = defaultdict(list)
+    for row in event_rows:
+        stored[norm(row.instance_id)].append(row)  # type: ignore[index]
+    for row in running_rows:
+        running[norm(row.instance_id)].append(row)  # type: ignore[index]
+    ended = {norm(r.id): r for r in instance_rows}
+    order = list(stored) + [i for i in ended if i not in stored]
+    lines: list[Event] = []
+    for instance_id in order:
+        if instance_id not in ended:
+            continue  # events of an instance deleted meanwhile (retention)
+        for line in timeline(stored[instance_id], running[instance_id], ended[instance_id]):
+            lines.append(
+                Event(
+                    len(lines),
+                    instance_id,  # type: ignore[arg-type]
+                    aware(line.at),
+                    line.kind,
+                    line.step_name,
+                    line.attempt,
+                    norm(line.worker_id),
+                )
+            )
+    return lines
 
 
 def assert_invariants(engine: Engine) -> None:

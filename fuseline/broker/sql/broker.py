@@ -159,7 +159,7 @@ class SqlBroker(SqlScheduling, contract.Broker):
             interval=max(0.05, min(self.lease_seconds / 4, 5.0)),
         )  # fmt: skip
         dead_after = self._workers.dead_after
-        general = TransactionClaims(self.db, q_claims, q_workers, q_events, self.lease_seconds, dead_after)
+        general = TransactionClaims(self.db, q_claims, q_workers, self.lease_seconds, dead_after)
         if one_statement:
             assert isinstance(self.db, PostgresDatabase)
             source: OneStatementClaims | TransactionClaims = OneStatementClaims(

@@ -16,16 +16,13 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection
 
-from ...states import EventKind
 from ..base import StepAssignment
 from ..scheduling import item_base
 from . import pg_statements
 from .claimfloor import ClaimFloors
 from .database import Database, PostgresDatabase
-from .history import History
 from .leases import HeldLeases, Reaper
 from .queries.claims import ClaimQueries
-from .queries.events import EventQueries
 from .queries.workers import WorkerQueries
 from .rows import ClaimRow, results_object
 from .timers import Timers
@@ -90,19 +87,18 @@ class OneStatementClaims:
 @dataclass
 class TransactionClaims:
     """The general path: in one transaction, read the first candidates in queue order, check the
-    limits of those a limit gates (:class:`Gate`), claim, read inputs and results, log."""
+    limits of those a limit gates (:class:`Gate`), claim, read inputs and results
+    (a claim writes no event: the step row holds it, :mod:`.history`)."""
 
     db: Database
     claims: ClaimQueries
     workers: WorkerQueries
-    events: EventQueries
     lease_seconds: float
     dead_after: float
 
     def claim(self, worker_id: str, keys: Sequence[Key], floors: Floors, limit: int) -> list[ClaimRow]:
         alive = {"p_worker_id": worker_id, "p_dead_after": self.dead_after}
         claimed: list[ClaimRow] = []
-        history = History()
         with self.db.transaction() as conn:
             if conn.execute(self.workers.worker_is_alive, alive).first() is None:
                 return []
@@ -115,11 +111,9 @@ class TransactionClaims:
                 row = self._claim(conn, worker_id, candidate)
                 if row is None:
                     continue
-                history.add(row.instance_id, EventKind.CLAIMED, row.name, row.attempt, worker_id)
                 claimed.append(row)
                 if len(claimed) == limit:
                     break
-            history.write(conn, self.events)
         return claimed
 
     def _claim(self, conn: Connection, worker_id: str, candidate: Any) -> ClaimRow | None:

@@ -1,4 +1,13 @@
-"""The events of one transaction, written together when it is done (``fuseline_events``)."""
+"""The events of one transaction, written together when it is done (``fuseline_events``).
+
+A claim writes no event: while a step runs, its row says who holds it since
+when. The event that ends the attempt (succeeded, failed, released, ...)
+keeps the claim in ``claimed_at`` (``claimed=True``), read from the step row
+in the same transaction. A running step cancelled or ended by an operator has
+no event naming its holder: :func:`record_running_claims` gives its claim a
+``claimed`` row of its own, before the change. :mod:`.timeline` lists the
+claims as lines of their own again.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,16 @@ from sqlalchemy import Connection
 from ...states import EventKind
 from .queries.events import EventQueries
 
+#: Which statement appends a row: a plain event, or one ending a claim.
+_PLAIN, _ENDING = "events_append", "events_append_ending"
+
 
 class History:
-    """Events gathered while a transaction changes an instance, appended in one statement."""
+    """Events gathered while a transaction changes an instance, appended in the order they
+    were added (consecutive rows of one kind in one statement)."""
 
     def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[str, dict[str, Any]]] = []
 
     def add(
         self,
@@ -24,19 +37,46 @@ class History:
         attempt: int | None = None,
         worker_id: str | None = None,
         detail: str | None = None,
+        *,
+        claimed: bool = False,
     ) -> None:
-        self.rows.append(
-            {
-                "instance_id": instance_id,
-                "kind": kind.value,
-                "step_name": step_name,
-                "attempt": attempt,
-                "worker_id": worker_id,
-                "detail": detail,
-            }
-        )
+        """``claimed``: the event ends the attempt ``worker_id`` claimed; it keeps that claim."""
+        row = {
+            "instance_id": instance_id,
+            "kind": kind.value,
+            "step_name": step_name,
+            "attempt": attempt,
+            "worker_id": worker_id,
+            "detail": detail,
+        }
+        if claimed:
+            self.rows.append(
+                (_ENDING, {**row, "p_instance_id": instance_id, "p_name": step_name, "p_attempt": attempt})
+            )
+        else:
+            self.rows.append((_PLAIN, row))
 
     def write(self, conn: Connection, queries: EventQueries) -> None:
-        if self.rows:
-            conn.execute(queries.events_append, self.rows)
-            self.rows = []
+        run: list[dict[str, Any]] = []
+        for n, (statement, row) in enumerate(self.rows):
+            run.append(row)
+            if n + 1 == len(self.rows) or self.rows[n + 1][0] != statement:
+                conn.execute(getattr(queries, statement), run)
+                run = []
+        self.rows = []
+
+
+def record_running_claims(
+    conn: Connection, queries: EventQueries, instance_id: str, names: list[str] | None = None
+) -> None:
+    """Before a cancel or a repair takes running steps from their holders: keep their claims
+    (of the steps ``names``; None: of every step of the instance)."""
+    if names is None:
+        conn.execute(queries.events_append_running_claims_all, {"p_instance_id": instance_id})
+    elif names:
+        conn.execute(queries.events_append_running_claims, {"p_instance_id": instance_id, "p_names": names})
+
+
+def record_instance_success(conn: Connection, queries: EventQueries, instance_id: str) -> None:
+    """Before a SUCCEEDED instance is reopened: its success, held by its row, becomes a line."""
+    conn.execute(queries.events_append_instance_success, {"p_instance_id": instance_id})

@@ -15,13 +15,14 @@ from ..base import InstanceEvent, InstanceInfo, InstancePage
 from ..dag import WorkflowPlan
 from ..ids import instance_uuid
 from .database import Database
-from .history import History
+from .history import History, record_running_claims
 from .plans import PlanCache
 from .queries.events import EventQueries
 from .queries.instances import InstanceQueries
 from .queries.reports import ReportQueries
-from .rows import aware, instance_info
+from .rows import instance_info
 from .rules import InstanceRules
+from .timeline import timeline
 
 
 @dataclass
@@ -70,18 +71,13 @@ class Instances:
         with self.db.transaction() as conn:
             if conn.execute(self.queries.instance_exists, {"p_instance_id": instance_id}).first() is None:
                 raise UnknownInstance(instance_id)
-            rows = conn.execute(self.events.events_of_instance, {"p_instance_id": instance_id}).all()
-        return [
-            InstanceEvent(
-                at=aware(r.at),  # type: ignore[arg-type]
-                kind=r.kind,
-                step_name=r.step_name,
-                attempt=r.attempt,
-                worker_id=r.worker_id,
-                detail=r.detail,
-            )
-            for r in rows
-        ]
+            # Running steps first: one that ends before the events are read is then found in
+            # both, and listed once (each statement reads what was committed when it began).
+            running = conn.execute(self.events.claims_running, {"p_instance_id": instance_id}).all()
+            stored = conn.execute(self.events.events_of_instance, {"p_instance_id": instance_id}).all()
+            # The instance last: one that succeeded after the events were read is still RUNNING.
+            instance = conn.execute(self.queries.instance_end, {"p_instance_id": instance_id}).one()
+        return timeline(stored, running, instance)
 
     def any_running(self, workflows: Sequence[tuple[str, str]] | None) -> bool:
         query, params = self.queries.instance_any_running, {}
@@ -108,6 +104,7 @@ class Instances:
         history = History()
         with self.db.transaction() as conn:
             self._lock(conn, instance_id, (Status.RUNNING,), "only RUNNING instances can be cancelled")
+            record_running_claims(conn, self.events, instance_id)
             cancelled = conn.execute(
                 self.queries.steps_cancel_unfinished, {"p_instance_id": instance_id}
             ).all()

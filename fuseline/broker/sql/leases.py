@@ -130,7 +130,9 @@ class Reaper:
                 conn.execute(self.leases.steps_requeue_expired, {"p_ids": [r.id for r in expired]})
                 self.db.announce_work(conn)
                 for r in expired:
-                    history.add(r.instance_id, EventKind.LEASE_EXPIRED, r.name, r.attempt, r.worker_id)
+                    history.add(
+                        r.instance_id, EventKind.LEASE_EXPIRED, r.name, r.attempt, r.worker_id, claimed=True
+                    )
                 history.write(conn, self.events)
             final = conn.execute(self.leases.steps_expired_final, {"p_limit": REAP_BATCH}).all()
             conn.execute(self.claims.starts_prune, {"p_window": RATE_WINDOW_MAX, "p_limit": PRUNE_BATCH})
@@ -152,7 +154,9 @@ class Reaper:
             ).first()
             if failed is None:
                 return  # a report or another reaper got there first
-            history.add(row.instance_id, EventKind.LEASE_EXPIRED, row.name, row.attempt, row.worker_id)
+            history.add(
+                row.instance_id, EventKind.LEASE_EXPIRED, row.name, row.attempt, row.worker_id, claimed=True
+            )
             history.add(row.instance_id, EventKind.FAILED, row.name, row.attempt, row.worker_id, WORKER_LOST)
             plan = self.plans.get(conn, (locked.workflow_id, locked.version))
             self.rules.step_ended(conn, row.instance_id, plan, row.name, Status.FAILED, WORKER_LOST, history)

@@ -335,7 +335,7 @@ class WorkerRow(Base):
 
 
 class EventRow(Base):
-    """Append-only history of an instance: dispatched, claimed, succeeded, lease_expired, ...
+    """Append-only history of an instance: dispatched, succeeded, lease_expired, ...
 
     No foreign key to the instance (migration 0003): events are written only
     together with the instance change they record, and the check cost a row
@@ -353,6 +353,10 @@ class EventRow(Base):
     attempt: Mapped[int | None] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(Uuid(as_uuid=False))
     detail: Mapped[str | None] = mapped_column(Text)
+    #: When the attempt this event ends was claimed (migration 0010); ``worker_id`` claimed it.
+    #: A claim writes no row of its own: the step row holds it while it runs, and the event
+    #: that ends the attempt keeps it, so a step costs one history row fewer.
+    claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class TokenRow(Base):

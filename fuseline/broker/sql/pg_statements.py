@@ -4,7 +4,8 @@ they stand in for (:mod:`.queries`).
 Every step a worker runs costs a claim and a report, so on PostgreSQL these
 skip the general machinery: each is one data-modifying CTE that updates the
 step, queues its successors or finishes the instance, and appends the
-events, run in autocommit mode (the statement is its own transaction). They
+events (a claim appends none: the step row holds it, and the success's event
+keeps it, see :mod:`.history`), run in autocommit mode (the statement is its own transaction). They
 take the same locks in the same order as the general path (the instance
 first, through the scalar subquery the step update evaluates before it
 touches a step row), so both paths can serve one instance at once, and
@@ -31,11 +32,9 @@ import re
 
 from ...states import EventKind
 
-_CLAIMED = EventKind.CLAIMED.value
 _SUCCEEDED = EventKind.SUCCEEDED.value
 _QUEUED = EventKind.QUEUED.value
 _DISPATCHED = EventKind.DISPATCHED.value
-_INSTANCE_SUCCEEDED = EventKind.INSTANCE_SUCCEEDED.value
 
 
 def _compact(sql: str) -> str:
@@ -146,11 +145,6 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
            AND state = 'QUEUED'{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
                   started_at, lease_expires_at, available_at, urgency, queue, item
-    ),
-    logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), '{_CLAIMED}', name, attempt, CAST(%(p_worker_id)s AS uuid)
-          FROM claimed
     )
     SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
            c.lease_expires_at, i.inputs,
@@ -204,16 +198,18 @@ _SUCCEED_IF_HELD = """
                                  FOR NO KEY UPDATE)
            AND name = %(p_name)s AND state = 'RUNNING'
            AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
-        RETURNING instance_id, attempt
+        RETURNING instance_id, attempt, started_at, finished_at
     )"""
 
 #: A child instance's end also ends its parent's SubWorkflow step: the general path finalizes it.
 _NOT_A_CHILD = "\n                                 AND parent_instance_id IS NULL"
 
-#: The history line of the success ``done`` accepted.
-_LOG_SUCCESS = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
-               CAST(%(p_worker_id)s AS uuid)
+#: The history line of the success ``done`` accepted, with the claim it ends (the claim wrote
+#: no line of its own: see :mod:`.history`).
+_LOG_SUCCESS = f"""INSERT INTO fuseline_events
+               (instance_id, at, kind, step_name, attempt, worker_id, claimed_at)
+        SELECT instance_id, finished_at, '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
+               CAST(%(p_worker_id)s AS uuid), started_at
           FROM done"""  # noqa: S608
 
 #: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
@@ -233,7 +229,7 @@ step_succeed_and_queue = _compact(f"""
     logged AS (
         {_LOG_SUCCESS}
         UNION ALL
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL FROM queued
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL, NULL FROM queued
     ),
     announced AS (
         SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
@@ -258,7 +254,7 @@ item_succeed = _compact(f"""
                finished_at = clock_timestamp()
          WHERE instance_id = CAST(%(p_instance_id)s AS uuid) AND name = %(p_name)s
            AND state = 'RUNNING' AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
-        RETURNING instance_id, attempt
+        RETURNING instance_id, attempt, started_at, finished_at
     ),
     logged AS (
         {_LOG_SUCCESS}
@@ -272,21 +268,19 @@ item_succeed = _compact(f"""
       FROM done
 """)  # noqa: S608
 
-#: Accept the success of the step that ends the instance, and end it with its result.
+#: Accept the success of the step that ends the instance, and end it with its result, at the
+#: moment of the step's success (the instance's end writes no line: :mod:`.timeline`).
 step_succeed_and_finish = _compact(f"""
     WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD)},
     finished AS (
         UPDATE fuseline_instances i
            SET status = 'SUCCEEDED', result = %(p_result)s,
-               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+               finished_at = done.finished_at, updated_at = done.finished_at
           FROM done
          WHERE i.id = done.instance_id AND i.status = 'RUNNING'
-        RETURNING i.id
     ),
     logged AS (
         {_LOG_SUCCESS}
-        UNION ALL
-        SELECT id, clock_timestamp(), '{_INSTANCE_SUCCEEDED}', NULL, NULL, NULL FROM finished
     )
     SELECT attempt FROM done
 """)  # noqa: S608
@@ -323,7 +317,8 @@ steps_succeed_batch = _compact(f"""
                                       WHERE NOT r.finishes OR parent_instance_id IS NULL))
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
-        RETURNING r.n, s.instance_id, s.name, s.attempt, r.result, r.finishes, r.item_of
+        RETURNING r.n, s.instance_id, s.name, s.attempt, s.started_at, s.finished_at, r.result, r.finishes,
+                  r.item_of
     ),
     queued AS (
         UPDATE fuseline_steps s
@@ -339,19 +334,17 @@ steps_succeed_batch = _compact(f"""
     finished AS (
         UPDATE fuseline_instances i
            SET status = 'SUCCEEDED', result = done.result,
-               finished_at = clock_timestamp(), updated_at = clock_timestamp()
+               finished_at = done.finished_at, updated_at = done.finished_at
           FROM done
          WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
-        RETURNING i.id
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id)
-        SELECT instance_id, clock_timestamp(), '{_SUCCEEDED}', name, attempt, CAST(%(p_worker_id)s AS uuid)
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id, claimed_at)
+        SELECT instance_id, finished_at, '{_SUCCEEDED}', name, attempt, CAST(%(p_worker_id)s AS uuid),
+               started_at
           FROM done
         UNION ALL
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL FROM queued
-        UNION ALL
-        SELECT id, clock_timestamp(), '{_INSTANCE_SUCCEEDED}', NULL, NULL, NULL FROM finished
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL, NULL FROM queued
     ),
     -- Other workers may take some of the steps this batch queued.
     announced AS (

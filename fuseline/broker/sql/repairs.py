@@ -19,7 +19,7 @@ from ..dag import StepView
 from ..ids import instance_uuid
 from ..repairs import RepairAction, RepairPlan, operator_name, plan_finish, plan_retry_from
 from .database import Database
-from .history import History
+from .history import History, record_instance_success, record_running_claims
 from .instances import Instances
 from .rows import aware
 
@@ -66,8 +66,11 @@ class Repairs:
                 params = {"p_state": state.value, "p_result": stored, "p_action": chosen}
             if not apply:
                 return repair  # a dry run: nothing written (the transaction only read)
+            taken = list(repair.reset) if action is RepairAction.RETRY_FROM else [*repair.reset, step]
+            record_running_claims(conn, inst.events, instance_id, taken)
             inst.reset_steps(conn, instance_id, plan, repair.reset)
             if status is not Status.RUNNING:
+                record_instance_success(conn, inst.events, instance_id)
                 conn.execute(inst.queries.instance_reopen, {"p_instance_id": instance_id})
             history.add(instance_id, EventKind.REPAIRED, step, detail=repair.describe())
             if action is RepairAction.RETRY_FROM:

@@ -359,6 +359,7 @@ class Reporter:
                 held.attempt,
                 worker_id,
                 prepared.error,
+                claimed=True,
             )
             self.rules.step_ended(
                 conn, report.instance_id, plan, report.step_name, state, prepared.error, history,
@@ -396,6 +397,7 @@ class Reporter:
             scheduled.attempt,
             prepared.worker_id,
             prepared.error,
+            claimed=True,
         )
         return True
 

@@ -141,6 +141,7 @@ class InstanceRules:
             {"p_instance_id": instance_id, "p_status": outcome.value, "p_result": result, "p_error": error},
         )
         if finished.rowcount == 1:
-            history.add(instance_id, EventKind.of_instance(outcome), detail=error)
+            if outcome is not Status.SUCCEEDED:  # a success is told by the row (:mod:`.timeline`)
+                history.add(instance_id, EventKind.of_instance(outcome), detail=error)
             if self.shapes is not None:
                 self.shapes.instance_ended(conn, instance_id, outcome, history)

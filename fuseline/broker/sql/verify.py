@@ -5,8 +5,9 @@ violation of the guarantees fuseline makes:
 
 - ``running_without_lease``: a RUNNING step with no holder or no lease;
 - ``stale_lease``: a RUNNING step whose lease expired long ago (no broker reaped it);
-- ``duplicate_success``: more than one accepted success for a step;
-- ``queued_twice``: a step queued more often than its instance was retried (+1);
+- ``duplicate_success``: more accepted successes for a step than its instance was reopened
+  by a retry or a repair (+1);
+- ``queued_twice``: a step queued more often than its instance was reopened (+1);
 - ``unmet_dependencies``: a QUEUED or RUNNING step whose dependencies the
   rules do not consider met;
 - ``attempts_not_monotone``: claims of a step whose attempt numbers do not grow,
@@ -102,7 +103,7 @@ def _check_acceptance(conn: Connection, q: VerifyQueries) -> list[Violation]:
         for r in conn.execute(q.successes_repeated).all()
     ]
     found += [
-        Violation("queued_twice", r[0], r[1], f"queued {r[2]} times, retried {r[3] or 0} times")
+        Violation("queued_twice", r[0], r[1], f"queued {r[2]} times, reopened {r[3] or 0} times")
         for r in conn.execute(q.steps_queued_twice).all()
     ]
     return found

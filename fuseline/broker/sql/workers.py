@@ -149,7 +149,7 @@ class WorkerRegistry:
             if released:
                 self.db.announce_work(conn)
             for r in released:
-                history.add(r.instance_id, EventKind.RELEASED, r.name, r.attempt, worker_id)
+                history.add(r.instance_id, EventKind.RELEASED, r.name, r.attempt, worker_id, claimed=True)
             history.write(conn, self.events)
         self._forget_keys(worker_id)
         self.held.stop(worker_id)
@@ -227,7 +227,7 @@ class WorkerRegistry:
             if released:
                 self.db.announce_work(conn)
             for r in released:
-                history.add(r.instance_id, EventKind.RELEASED, r.name, r.attempt, worker_id)
+                history.add(r.instance_id, EventKind.RELEASED, r.name, r.attempt, worker_id, claimed=True)
             history.write(conn, self.events)
         for assignment in assignments:
             self.held.forget(worker_id, assignment.instance_id, assignment.step_name, assignment.attempt)

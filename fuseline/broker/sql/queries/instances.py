@@ -72,6 +72,9 @@ class InstanceQueries:
         self.instance_exists: Select = select(instances.c.id).where(
             instances.c.id == bindparam("p_instance_id")
         )
+        self.instance_end: Select = select(instances.c.status, instances.c.finished_at).where(
+            instances.c.id == bindparam("p_instance_id")
+        )
         #: Work in progress: a RUNNING instance with a step running or queued, other than one
         #: waiting for a signal or for a child instance (only something outside moves those).
         moving = (

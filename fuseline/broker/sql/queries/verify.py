@@ -5,7 +5,19 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import DateTime, Select, bindparam, case, exists, func, not_, or_, select, type_coerce
+from sqlalchemy import (
+    DateTime,
+    Select,
+    Subquery,
+    bindparam,
+    case,
+    exists,
+    func,
+    not_,
+    or_,
+    select,
+    type_coerce,
+)
 
 from ....states import UNFINISHED_STATES, EventKind, Status
 from ..dialects import Dialect, dialect_of
@@ -18,35 +30,53 @@ class VerifyQueries:
         self.steps_running: Select = select(
             steps.c.instance_id, steps.c.name, steps.c.worker_id, steps.c.lease_expires_at
         ).where(steps.c.state == Status.RUNNING.value)
-        #: Steps with more than one accepted success.
-        self.successes_repeated: Select = (
-            select(events.c.instance_id, events.c.step_name, func.count())
-            .where(events.c.kind == EventKind.SUCCEEDED.value)
-            .group_by(events.c.instance_id, events.c.step_name)
-            .having(func.count() > 1)
-        )
-        retried = (
+        # Each retry and each repair reopens an instance: its steps may be queued and succeed
+        # once more for each.
+        reopened = (
             select(events.c.instance_id, func.count().label("retries"))
-            .where(events.c.kind == EventKind.RETRIED.value)
+            .where(events.c.kind.in_([EventKind.RETRIED.value, EventKind.REPAIRED.value]))
             .group_by(events.c.instance_id)
             .subquery()
         )
-        queued = (
-            select(events.c.instance_id, events.c.step_name, func.count().label("times"))
-            .where(events.c.kind == EventKind.QUEUED.value)
-            .group_by(events.c.instance_id, events.c.step_name)
+        succeeded = _times_per_step(EventKind.SUCCEEDED)
+        #: Steps with more accepted successes than their instance was reopened (+1).
+        self.successes_repeated: Select = (
+            select(succeeded.c.instance_id, succeeded.c.step_name, succeeded.c.times)
+            .select_from(succeeded.outerjoin(reopened, reopened.c.instance_id == succeeded.c.instance_id))
+            .where(succeeded.c.times > 1 + func.coalesce(reopened.c.retries, 0))
+        )
+        queued = _times_per_step(EventKind.QUEUED)
+        #: Steps queued more often than their instance was reopened (+1).
+        self.steps_queued_twice: Select = (
+            select(queued.c.instance_id, queued.c.step_name, queued.c.times, reopened.c.retries)
+            .select_from(queued.outerjoin(reopened, reopened.c.instance_id == queued.c.instance_id))
+            .where(queued.c.times > 1 + func.coalesce(reopened.c.retries, 0))
+        )
+        stored_claim = events.alias("stored_claim")
+        claim_rows = (
+            select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.at.label("claimed"))
+            .where(events.c.kind == EventKind.CLAIMED.value)
+            .union_all(
+                # The claims the events ending them keep (migration 0010), but for those a
+                # ``claimed`` row written before that migration holds already.
+                select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.claimed_at)
+                .where(events.c.claimed_at.is_not(None))
+                .where(
+                    ~select(stored_claim.c.id)
+                    .where(
+                        stored_claim.c.instance_id == events.c.instance_id,
+                        stored_claim.c.step_name == events.c.step_name,
+                        stored_claim.c.kind == EventKind.CLAIMED.value,
+                        stored_claim.c.attempt == events.c.attempt,
+                    )
+                    .exists()
+                )
+            )
             .subquery()
         )
-        #: Steps queued more often than their instance was retried (+1).
-        self.steps_queued_twice: Select = (
-            select(queued.c.instance_id, queued.c.step_name, queued.c.times, retried.c.retries)
-            .select_from(queued.outerjoin(retried, retried.c.instance_id == queued.c.instance_id))
-            .where(queued.c.times > 1 + func.coalesce(retried.c.retries, 0))
-        )
-        self.claims: Select = (
-            select(events.c.instance_id, events.c.step_name, events.c.attempt)
-            .where(events.c.kind == EventKind.CLAIMED.value)
-            .order_by(events.c.instance_id, events.c.step_name, events.c.id)
+        #: Every claim recorded, per step in the order they were made.
+        self.claims: Select = select(claim_rows).order_by(
+            claim_rows.c.instance_id, claim_rows.c.step_name, claim_rows.c.claimed
         )
         self.steps_attempts: Select = select(steps.c.instance_id, steps.c.name, steps.c.attempt)
         unfinished = func.sum(case((steps.c.state.in_([s.value for s in UNFINISHED_STATES]), 1), else_=0))
@@ -143,6 +173,16 @@ class VerifyQueries:
 def _orphans(instance_id: Any) -> Select:
     gone = not_(exists().where(instances.c.id == instance_id))
     return select(instance_id, func.count()).where(gone).group_by(instance_id).order_by(instance_id)
+
+
+def _times_per_step(kind: EventKind) -> Subquery:
+    """(instance_id, step_name, times): how many ``kind`` lines each step has."""
+    return (
+        select(events.c.instance_id, events.c.step_name, func.count().label("times"))
+        .where(events.c.kind == kind.value)
+        .group_by(events.c.instance_id, events.c.step_name)
+        .subquery()
+    )
 
 
 @cache

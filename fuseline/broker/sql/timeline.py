@@ -1,0 +1,88 @@
+"""An instance's history as ``instance_events`` lists it: the stored events, with each claim
+as a line of its own again.
+
+A claim writes no event (see :mod:`.history`): the claim of a running step is on its row,
+and an attempt's end keeps the claim it ends (``claimed_at``). Both become ``claimed``
+lines here, dated when the claim was made and placed among the stored events by that date:
+after every line written before it, so the history reads in the order things happened.
+An instance's success writes no event either: its row holds it (status and finished_at),
+and it becomes the last line, ``instance_succeeded``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from ...states import EventKind, Status
+from ..base import InstanceEvent
+from .rows import aware
+
+_CLAIMED = EventKind.CLAIMED.value
+_INSTANCE_SUCCEEDED = EventKind.INSTANCE_SUCCEEDED.value
+_REOPENING = frozenset({EventKind.REPAIRED.value, EventKind.RETRIED.value})
+
+
+def timeline(stored: Iterable[Any], running: Iterable[Any], instance: Any) -> list[InstanceEvent]:
+    """``stored``: the instance's event rows in id order; ``running``: its running steps (name,
+    attempt, worker_id, started_at), read before ``stored``: a claim found in both is listed
+    once, from ``stored``; ``instance``: its status and finished_at, read after ``stored``."""
+    lines: list[InstanceEvent] = []
+    claims: set[tuple[str | None, int | None]] = set()
+    for row in stored:
+        if row.claimed_at is not None and (row.step_name, row.attempt) not in claims:
+            _place(lines, _claim(row.step_name, row.attempt, row.worker_id, row.claimed_at))
+        if row.kind == _CLAIMED or row.claimed_at is not None:
+            # A claimed row: stored before migration 0010, or by a cancel or a repair.
+            claims.add((row.step_name, row.attempt))
+        lines.append(
+            InstanceEvent(
+                at=aware(row.at),  # type: ignore[arg-type]
+                kind=row.kind,
+                step_name=row.step_name,
+                attempt=row.attempt,
+                worker_id=row.worker_id,
+                detail=row.detail,
+            )
+        )
+    for step in running:
+        if (step.name, step.attempt) not in claims:
+            _place(lines, _claim(step.name, step.attempt, step.worker_id, step.started_at))
+    if instance.status == Status.SUCCEEDED.value and not _success_stored(lines):
+        # Nothing is written for a SUCCEEDED instance (a repair reopens it first), so its
+        # success is the last line. The general path writes a transaction's lines when it
+        # ends, a little after it ended the instance: the line is dated no earlier than they.
+        ended = aware(instance.finished_at)
+        at = max(ended, lines[-1].at) if lines else ended
+        lines.append(InstanceEvent(at=at, kind=_INSTANCE_SUCCEEDED))  # type: ignore[arg-type]
+    return lines
+
+
+def _success_stored(lines: list[InstanceEvent]) -> bool:
+    """Whether the instance's last success has a line: one written before migration 0010, or
+    by a repair that reopened it, after the last repair or retry (each reopens the instance)."""
+    for line in reversed(lines):
+        if line.kind == _INSTANCE_SUCCEEDED:
+            return True
+        if line.kind in _REOPENING:
+            return False
+    return False
+
+
+def _claim(step_name: str | None, attempt: int | None, worker_id: str | None, at: datetime) -> InstanceEvent:
+    return InstanceEvent(
+        at=aware(at),  # type: ignore[arg-type]
+        kind=_CLAIMED,
+        step_name=step_name,
+        attempt=attempt,
+        worker_id=str(worker_id) if worker_id is not None else None,
+    )
+
+
+def _place(lines: list[InstanceEvent], claim: InstanceEvent) -> None:
+    """Insert ``claim`` after the last line not later than it."""
+    at = len(lines)
+    while at > 0 and lines[at - 1].at > claim.at:
+        at -= 1
+    lines.insert(at, claim)
