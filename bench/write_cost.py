@@ -156,9 +156,9 @@ def wal_by_relation(url: str, start: str, end: str, units: int) -> dict[str, int
     images included), largest first."""
     with psycopg.connect(_plain(url), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-        database = conn.execute(
+        (database,) = conn.execute(
             "SELECT oid FROM pg_database WHERE datname = current_database()"
-        ).fetchone()[0]
+        ).fetchone()
         names = dict(
             conn.execute(
                 "SELECT pg_relation_filenode(oid)::text, relname FROM pg_class"
