@@ -13,6 +13,8 @@ from sqlalchemy import DateTime, Engine, type_coerce
 
 from fuseline.broker.sql.dialects import dialect_of
 from fuseline.broker.sql.models import events, instances, steps, workers
+from fuseline.broker.sql.plans import PlanCache
+from fuseline.broker.sql.queries import definitions
 from fuseline.broker.sql.timeline import timeline
 from fuseline.broker.sql.verify import verify
 from tests.chaos.flows import LEDGER_DDL, LEDGER_TABLE
@@ -105,10 +107,22 @@ def load_history(engine: Engine, ledger: bool = True) -> History:
             sa.select(steps.c.instance_id, steps.c.name, steps.c.state, steps.c.attempt)
         ).all()
         instance_rows = conn.execute(
-            sa.select(instances.c.id, instances.c.status, instances.c.result, instances.c.finished_at)
+            sa.select(
+                instances.c.id,
+                instances.c.workflow_id,
+                instances.c.version,
+                instances.c.status,
+                instances.c.result,
+                instances.c.created_at,
+                instances.c.finished_at,
+            )
         ).all()
+        plans = PlanCache(definitions.for_dialect(engine.dialect.name))
+        roots = {
+            key: plans.get(conn, key).roots for key in {(r.workflow_id, r.version) for r in instance_rows}
+        }
     return History(
-        events=_lines(event_rows, running_rows, instance_rows),
+        events=_lines(event_rows, running_rows, instance_rows, roots),
         ledger=[LedgerRow(r[0], norm(r[1]), r[2], r[3], r[4]) for r in ledger_rows],
         worker_pids={norm(r.id): r.pid for r in worker_rows},  # type: ignore[misc]
         worker_started={norm(r.id): aware(r.started_at) for r in worker_rows},  # type: ignore[misc]
@@ -117,7 +131,12 @@ def load_history(engine: Engine, ledger: bool = True) -> History:
     )
 
 
-def _lines(event_rows: list[Any], running_rows: list[Any], instance_rows: list[Any]) -> list[Event]:
+def _lines(
+    event_rows: list[Any],
+    running_rows: list[Any],
+    instance_rows: list[Any],
+    roots: dict[tuple[str, str], list[str]],
+) -> list[Event]:
     """Each instance's history lines, instances in the order their first event was written."""
     stored: dict[str, list[Any]] = defaultdict(list)
     running: dict[str, list[Any]] = defaultdict(list)
@@ -131,7 +150,9 @@ def _lines(event_rows: list[Any], running_rows: list[Any], instance_rows: list[A
     for instance_id in order:
         if instance_id not in ended:
             continue  # events of an instance deleted meanwhile (retention)
-        for line in timeline(stored[instance_id], running[instance_id], ended[instance_id]):
+        instance = ended[instance_id]
+        first_steps = roots[(instance.workflow_id, instance.version)]
+        for line in timeline(stored[instance_id], running[instance_id], instance, first_steps):
             lines.append(
                 Event(
                     len(lines),

@@ -1,5 +1,5 @@
-"""A claim and an instance's success write no history row (migration 0010); the history
-still lists them, in order, and ``db verify`` still sees every claim.
+"""A claim, an instance's success and a dispatch write no history row (migration 0010); the
+history still lists them, in order, and ``db verify`` still sees every claim.
 
 The claim of a running step is on its row; the event that ends the attempt keeps it
 (``claimed_at``); a cancel or a repair that takes a running step away records it first;
@@ -59,9 +59,10 @@ def test_a_run_stores_one_row_per_step_and_lists_every_line_in_order(
     run_all(broker, worker)
 
     stored = stored_kinds(broker, instance_id)
-    assert [k for k, _ in stored].count("claimed") == 0
-    assert [k for k, _ in stored].count("instance_succeeded") == 0
-    assert [k for k, _ in stored].count("succeeded") == 4
+    kinds = [k for k, _ in stored]
+    assert kinds.count("claimed") == kinds.count("instance_succeeded") == kinds.count("dispatched") == 0
+    assert kinds.count("succeeded") == 4
+    assert ("queued", "a") not in stored  # a root is queued by the dispatch, which writes no row
     lines = listed(broker, instance_id)
     assert lines[:5] == [
         ("dispatched", None),
@@ -71,7 +72,7 @@ def test_a_run_stores_one_row_per_step_and_lists_every_line_in_order(
         ("queued", "b"),
     ]
     assert lines[-3:] == [("claimed", "d"), ("succeeded", "d"), ("instance_succeeded", None)]
-    assert sorted(lines).count(("claimed", "b")) == 1 and len(lines) == len(stored) + 5
+    assert sorted(lines).count(("claimed", "b")) == 1 and len(lines) == len(stored) + 7
     history = broker.instance_events(instance_id)
     assert all(a.at <= b.at for a, b in pairwise(history))
     assert {e.worker_id for e in history if e.kind == "claimed"} == {worker}
@@ -122,23 +123,27 @@ def test_a_repair_that_reopens_a_succeeded_instance_keeps_its_first_success(
     assert verify(broker.engine) == []
 
 
-def test_a_claim_stored_before_the_upgrade_is_listed_once(broker: SqlBroker, tmp_path: Path) -> None:
+def test_lines_stored_before_the_upgrade_are_listed_once(broker: SqlBroker, tmp_path: Path) -> None:
     instance_id, worker = start(broker, tmp_path)
     held = broker.get_step(worker)
     started_at = step_row(broker.engine, instance_id, "a").started_at
-    with broker.engine.begin() as conn:  # what a claim wrote before migration 0010
+    old_rows = [  # what a dispatch and a claim wrote before migration 0010
+        {"kind": "dispatched", "step_name": None, "attempt": None, "worker_id": None},
+        {"kind": "queued", "step_name": "a", "attempt": None, "worker_id": None},
+        {"kind": "claimed", "step_name": "a", "attempt": 1, "worker_id": worker},
+    ]
+    with broker.engine.begin() as conn:
         conn.execute(
-            sa.insert(events).values(
-                instance_id=instance_id,
-                at=started_at,
-                kind="claimed",
-                step_name="a",
-                attempt=1,
-                worker_id=worker,
-            )
+            sa.insert(events), [{**row, "instance_id": instance_id, "at": started_at} for row in old_rows]
         )
-    assert listed(broker, instance_id).count(("claimed", "a")) == 1
+    assert listed(broker, instance_id) == [("dispatched", None), ("queued", "a"), ("claimed", "a")]
     succeed(broker, worker, held, 1)
 
-    assert listed(broker, instance_id).count(("claimed", "a")) == 1
+    assert listed(broker, instance_id)[:5] == [
+        ("dispatched", None),
+        ("queued", "a"),
+        ("claimed", "a"),
+        ("succeeded", "a"),
+        ("queued", "b"),
+    ]
     assert verify(broker.engine) == []

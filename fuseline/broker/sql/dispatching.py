@@ -21,7 +21,6 @@ from typing import Any
 from sqlalchemy import Connection
 
 from ...errors import KeyConflict
-from ...states import EventKind
 from ...workflow.schema import WorkflowSchema, canonical_json
 from .. import codec
 from ..dag import WorkflowPlan
@@ -181,6 +180,7 @@ class InstanceCreation:
     ) -> list[str]:
         history = History()
         created: list[str] = []
+        fresh = False  # an instance created, not found under its key: its roots are queued
         workflow_limit = plan.scheduling.concurrency
         for instance_id, text, dispatch in zip(ids, encoded, dispatches, strict=True):
             inputs = json.loads(text)
@@ -198,7 +198,7 @@ class InstanceCreation:
                 created.append(self._existing(conn, plan, dispatch, inputs))
                 continue
             created.append(instance_id)
-            history.add(instance_id, EventKind.DISPATCHED)
+            fresh = True
             rows = step_rows(plan, instance_id, inputs, dispatch)
             conn.execute(self.queries.steps_insert, rows)
             if parent is not None:
@@ -206,15 +206,12 @@ class InstanceCreation:
                     self.shapes.queries.instance_set_parent,
                     {"p_instance_id": instance_id, "p_parent_id": parent[0], "p_parent_step": parent[1]},
                 )
-            for step in rows:
-                if step["p_queued"]:
-                    history.add(instance_id, EventKind.QUEUED, step["name"])
             if plan.scheduling.shaped:  # a SubWorkflow root starts its child now
                 self.shapes.start(
                     conn, instance_id, plan, [r["name"] for r in rows if r["p_queued"]], history
                 )
-        if history.rows:
-            history.write(conn, self.events)
+        history.write(conn, self.events)
+        if fresh:
             self.db.announce_work(conn)
         return created
 

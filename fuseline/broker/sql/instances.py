@@ -76,8 +76,9 @@ class Instances:
             running = conn.execute(self.events.claims_running, {"p_instance_id": instance_id}).all()
             stored = conn.execute(self.events.events_of_instance, {"p_instance_id": instance_id}).all()
             # The instance last: one that succeeded after the events were read is still RUNNING.
-            instance = conn.execute(self.queries.instance_end, {"p_instance_id": instance_id}).one()
-        return timeline(stored, running, instance)
+            instance = conn.execute(self.queries.instance_history, {"p_instance_id": instance_id}).one()
+            plan = self.plans.get(conn, (instance.workflow_id, instance.version))
+        return timeline(stored, running, instance, plan.roots)
 
     def any_running(self, workflows: Sequence[tuple[str, str]] | None) -> bool:
         query, params = self.queries.instance_any_running, {}

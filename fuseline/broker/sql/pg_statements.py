@@ -34,7 +34,6 @@ from ...states import EventKind
 
 _SUCCEEDED = EventKind.SUCCEEDED.value
 _QUEUED = EventKind.QUEUED.value
-_DISPATCHED = EventKind.DISPATCHED.value
 
 
 def _compact(sql: str) -> str:
@@ -363,8 +362,9 @@ steps_succeed_batch = _compact(f"""
 
 #: Create instances (ids, inputs, urgencies, delays and times as parallel arrays) with all their
 #: steps (roots QUEUED, available then; the rest PENDING), each step carrying its scheduling (queue,
-#: limits: parallel arrays over the workflow's steps), log them, and wake idle workers.
-instances_dispatch = _compact(f"""
+#: limits: parallel arrays over the workflow's steps), and wake idle workers. A dispatch writes
+#: no history line: the instance's row and its plan's roots tell it (:mod:`.timeline`).
+instances_dispatch = _compact("""
     WITH i AS MATERIALIZED (
         SELECT * FROM unnest(CAST(%(p_ids)s AS uuid[]), CAST(%(p_inputs)s AS text[]),
                              CAST(%(p_urgencies)s AS integer[]), CAST(%(p_delays)s AS float8[]),
@@ -400,16 +400,9 @@ instances_dispatch = _compact(f"""
                                          rate_per, sleep, k)
          WHERE i.id IN (SELECT id FROM created)
          ORDER BY i.n, s.k
-        RETURNING instance_id, name, state
-    ),
-    logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
-        SELECT id, clock_timestamp(), '{_DISPATCHED}', NULL FROM created
-        UNION ALL
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM stepped WHERE state = 'QUEUED'
     ),
     announced AS (
         SELECT pg_notify('fuseline_work', '')
     )
     SELECT count(*) AS created, (SELECT count(*) FROM announced) AS announced FROM created
-""")  # noqa: S608
+""")

@@ -6,12 +6,13 @@ and an attempt's end keeps the claim it ends (``claimed_at``). Both become ``cla
 lines here, dated when the claim was made and placed among the stored events by that date:
 after every line written before it, so the history reads in the order things happened.
 An instance's success writes no event either: its row holds it (status and finished_at),
-and it becomes the last line, ``instance_succeeded``.
+and it becomes the last line, ``instance_succeeded``. Nor does a dispatch: the first lines,
+``dispatched`` and its first steps ``queued``, are dated when the instance was created.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,15 +21,21 @@ from ..base import InstanceEvent
 from .rows import aware
 
 _CLAIMED = EventKind.CLAIMED.value
+_DISPATCHED = EventKind.DISPATCHED.value
+_QUEUED = EventKind.QUEUED.value
 _INSTANCE_SUCCEEDED = EventKind.INSTANCE_SUCCEEDED.value
 _REOPENING = frozenset({EventKind.REPAIRED.value, EventKind.RETRIED.value})
 
 
-def timeline(stored: Iterable[Any], running: Iterable[Any], instance: Any) -> list[InstanceEvent]:
+def timeline(
+    stored: Iterable[Any], running: Iterable[Any], instance: Any, roots: Sequence[str]
+) -> list[InstanceEvent]:
     """``stored``: the instance's event rows in id order; ``running``: its running steps (name,
     attempt, worker_id, started_at), read before ``stored``: a claim found in both is listed
-    once, from ``stored``; ``instance``: its status and finished_at, read after ``stored``."""
-    lines: list[InstanceEvent] = []
+    once, from ``stored``; ``instance``: its status, created_at and finished_at, read after
+    ``stored``; ``roots``: its plan's first steps, queued when it was dispatched."""
+    stored = list(stored)
+    lines = [] if any(row.kind == _DISPATCHED for row in stored) else _dispatch(instance, roots)
     claims: set[tuple[str | None, int | None]] = set()
     for row in stored:
         if row.claimed_at is not None and (row.step_name, row.attempt) not in claims:
@@ -68,6 +75,16 @@ def _success_stored(lines: list[InstanceEvent]) -> bool:
         if line.kind in _REOPENING:
             return False
     return False
+
+
+def _dispatch(instance: Any, roots: Sequence[str]) -> list[InstanceEvent]:
+    """A dispatch's lines (rows of their own before migration 0010): the instance created, and
+    its first steps queued, in the plan's order."""
+    at = aware(instance.created_at)
+    return [
+        InstanceEvent(at=at, kind=_DISPATCHED),  # type: ignore[arg-type]
+        *(InstanceEvent(at=at, kind=_QUEUED, step_name=name) for name in roots),  # type: ignore[arg-type]
+    ]
 
 
 def _claim(step_name: str | None, attempt: int | None, worker_id: str | None, at: datetime) -> InstanceEvent:

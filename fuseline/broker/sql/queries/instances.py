@@ -72,9 +72,14 @@ class InstanceQueries:
         self.instance_exists: Select = select(instances.c.id).where(
             instances.c.id == bindparam("p_instance_id")
         )
-        self.instance_end: Select = select(instances.c.status, instances.c.finished_at).where(
-            instances.c.id == bindparam("p_instance_id")
-        )
+        #: What an instance's history reads from its row (:mod:`..timeline`).
+        self.instance_history: Select = select(
+            instances.c.workflow_id,
+            instances.c.version,
+            instances.c.status,
+            instances.c.created_at,
+            instances.c.finished_at,
+        ).where(instances.c.id == bindparam("p_instance_id"))
         #: Work in progress: a RUNNING instance with a step running or queued, other than one
         #: waiting for a signal or for a child instance (only something outside moves those).
         moving = (
