@@ -50,9 +50,7 @@ class History:
             "detail": detail,
         }
         if claimed:
-            self.rows.append(
-                (_ENDING, {**row, "p_instance_id": instance_id, "p_name": step_name, "p_attempt": attempt})
-            )
+            self.rows.append((_ENDING, {**row, "p_instance_id": instance_id, "p_name": step_name}))
         else:
             self.rows.append((_PLAIN, row))
 

@@ -4,11 +4,12 @@ they stand in for (:mod:`.queries`).
 Every step a worker runs costs a claim and a report, so on PostgreSQL these
 skip the general machinery: each is one data-modifying CTE that updates the
 step, queues its successors or finishes the instance, and appends the
-events (a claim appends none: the step row holds it, and the success's event
-keeps it, see :mod:`.history`), run in autocommit mode (the statement is its own transaction). They
-take the same locks in the same order as the general path (the instance
-first, through the scalar subquery the step update evaluates before it
-touches a step row), so both paths can serve one instance at once, and
+events (a claim and a dispatch append none: see :mod:`.history` and
+:mod:`.timeline`), run in autocommit mode (the statement is its own
+transaction). They take the same locks in the same order as the general
+path (the instance first, through the scalar subquery the step update
+evaluates before it touches a step row), so both paths can serve one
+instance at once, and
 ``tests/sql/test_sql_statement_twins.py`` checks that each leaves the same
 rows as its general twin.
 
