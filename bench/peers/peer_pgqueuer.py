@@ -1,6 +1,6 @@
 """Peer benchmark: pgqueuer (asyncpg driver) on the local PostgreSQL.
 
-Figures (one repetition each; a "job" is a no-op):
+Figures (one repetition each; a "job" is a no-op except in slots_*):
   enqueue_one_per_s     N jobs enqueued one by one, one client
   enqueue_batch_per_s   N_BATCH jobs as list enqueues, CHUNK per call
   drain_c1_per_s        N queued jobs, one QueueManager, entrypoint concurrency_limit=1,
@@ -12,6 +12,16 @@ Figures (one repetition each; a "job" is a no-op):
                         enqueue call start -> entrypoint start, first WARMUP dropped
   chain3_2000_c4_s      CHAINS chains, job A enqueues B from its body, B enqueues C
                         (concurrency_limit=4); from enqueueing the A's until all C's ran
+  slots_1x100_s         SLOTS_N1 queued `async` jobs that each await asyncio.sleep(0.1),
+                        one worker process: entrypoint concurrency_limit=100,
+                        run(batch_size=100, mode=drain); from releasing the worker until
+                        drain mode returned and it exited (ideal 1.0 s for 1,000)
+  slots_4x100_s         SLOTS_N4 such jobs, four worker processes (own QueueManager and
+                        connection each) released together, until all four exited
+                        (ideal 2.5 s for 10,000). concurrency_limit is enforced across
+                        all workers, so it is 400 (= 4 x 100) here, batch_size=100
+  slots_4x100_maxtasks_s  the same with the per-worker cap instead:
+                        run(max_concurrent_tasks=100, batch_size=50), no entrypoint limit
 Writes bench/results/pgqueuer.json.
 
     python bench/peers/peer_pgqueuer.py [--quick]
@@ -23,6 +33,7 @@ import argparse
 import asyncio
 import json
 import random
+import subprocess
 import sys
 import time
 
@@ -34,6 +45,7 @@ from pgqueuer.domain.types import QueueExecutionMode
 from pgqueuer.models import Job
 
 DB = "peer_pgqueuer"
+SLOT_SLEEP_S = 0.1  # each "io" job awaits asyncio.sleep(0.1)
 
 
 async def connect() -> asyncpg.Connection:
@@ -52,12 +64,12 @@ def check_queue_empty() -> None:
         raise RuntimeError(f"{left} jobs still in the queue table")
 
 
-async def enqueue_batched(q: Queries, n: int, chunk: int) -> float:
-    """Enqueue n no-op jobs as list inserts of `chunk`; returns jobs/s."""
+async def enqueue_batched(q: Queries, n: int, chunk: int, entrypoint: str = "noop") -> float:
+    """Enqueue n jobs (no payload) as list inserts of `chunk`; returns jobs/s."""
     with pu.Timer() as t:
         for start in range(0, n, chunk):
             k = min(chunk, n - start)
-            await q.enqueue(["noop"] * k, [None] * k, [0] * k)
+            await q.enqueue([entrypoint] * k, [None] * k, [0] * k)
     return n / t.elapsed
 
 
@@ -181,6 +193,73 @@ async def measure_chain(report: pu.Report, args: argparse.Namespace, q: Queries,
         report.add("chain3_2000_c4_s", t.elapsed)
 
 
+async def slots_worker(limit: int, batch: int, max_tasks: int) -> None:
+    """Subprocess body: one QueueManager whose "io" jobs each await asyncio.sleep(0.1).
+
+    Connects and registers first, prints READY, waits for a line on stdin (the release),
+    then runs in drain mode until the queue is empty; prints {"ran": n} and exits.
+    """
+    conn = await connect()
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
+    ran = {"n": 0}
+
+    @qm.entrypoint("io", concurrency_limit=limit)
+    async def io(job: Job) -> None:
+        await asyncio.sleep(SLOT_SLEEP_S)
+        ran["n"] += 1
+
+    print("READY", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    try:
+        await qm.run(batch_size=batch, mode=QueueExecutionMode.drain, max_concurrent_tasks=max_tasks or None)
+    finally:
+        await conn.close()
+    print(json.dumps({"ran": ran["n"]}), flush=True)
+
+
+async def measure_slots(
+    report: pu.Report,
+    args: argparse.Namespace,
+    q: Queries,
+    figure: str,
+    n: int,
+    procs: int,
+    limit: int,
+    batch: int,
+    max_tasks: int = 0,
+) -> None:
+    """n queued "io" jobs drained by `procs` worker processes released together.
+
+    The clock runs from writing the release line to every worker until the last one
+    has exited (drain mode returned: queue empty and its completions flushed).
+    """
+    with report.phase(figure):
+        reset_jobs()
+        await enqueue_batched(q, n, args.chunk, entrypoint="io")
+        pu.checkpoint(DB)
+        workers = []
+        for _ in range(procs):
+            cmd = [sys.executable, __file__, "_slots_worker", str(limit), str(batch), str(max_tasks)]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            pu._children.append(proc)  # killed by the deadline like pu.spawn's workers
+            workers.append(proc)
+        for proc in workers:
+            pu.wait_ready(proc)
+        await asyncio.sleep(0.5)  # let every worker settle before the release
+        with pu.Timer() as t:
+            for proc in workers:
+                proc.stdin.write("GO\n")
+                proc.stdin.flush()
+            outs = await asyncio.gather(
+                *(asyncio.to_thread(pu.collect_json, proc, args.phase_timeout) for proc in workers)
+            )
+        ran = [out["ran"] for out in outs]
+        if sum(ran) != n:
+            raise RuntimeError(f"workers ran {ran} jobs, expected {n} in all")
+        check_queue_empty()
+        report.add(figure, t.elapsed)
+
+
 async def main(report: pu.Report, args: argparse.Namespace) -> None:
     pu.recreate_db(DB)
     conn = await connect()
@@ -193,6 +272,12 @@ async def main(report: pu.Report, args: argparse.Namespace) -> None:
         await measure_drain(report, args, q, "drain_batched_per_s", args.n_batch, 0, 10)
         await measure_pickup(report, args, q)
         await measure_chain(report, args, q)
+        # Last: 100 concurrent I/O-bound jobs per worker process (fuseline's "slots").
+        # An entrypoint's concurrency_limit is enforced in SQL across ALL workers, so the
+        # 4-process run gives it 4 x 100; max_concurrent_tasks is the per-worker cap.
+        await measure_slots(report, args, q, "slots_1x100_s", args.slots_n1, 1, 100, 100)
+        await measure_slots(report, args, q, "slots_4x100_s", args.slots_n4, 4, 400, 100)
+        await measure_slots(report, args, q, "slots_4x100_maxtasks_s", args.slots_n4, 4, 0, 50, 100)
     finally:
         await conn.close()
 
@@ -207,12 +292,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=10, help="pickup samples dropped first")
     ap.add_argument("--gap-min-ms", type=float, default=30.0)
     ap.add_argument("--gap-max-ms", type=float, default=70.0)
+    ap.add_argument("--slots-n1", type=int, default=1_000, help="io jobs for slots_1x100_s")
+    ap.add_argument("--slots-n4", type=int, default=10_000, help="io jobs for slots_4x100_s")
     ap.add_argument("--phase-timeout", type=float, default=90.0, help="s, per measurement")
     ap.add_argument("--budget", type=int, default=180, help="hard limit for the whole script, s")
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny sizes")
     args = ap.parse_args()
     if args.quick:
         args.n, args.n_batch, args.chains, args.pickup_n = 300, 1_000, 100, 20
+        args.slots_n1, args.slots_n4 = 200, 800
         args.phase_timeout, args.budget = 30.0, 60
     return args
 
@@ -221,9 +309,24 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_pickup_worker"]:
         asyncio.run(pickup_worker(int(sys.argv[2])))
         sys.exit(0)
+    if sys.argv[1:2] == ["_slots_worker"]:
+        asyncio.run(slots_worker(*(int(v) for v in sys.argv[2:5])))
+        sys.exit(0)
     a = parse_args()
     params = {k: v for k, v in vars(a).items() if k not in ("quick", "budget", "phase_timeout")}
     rep = pu.Report("pgqueuer", pgqueuer.__version__, a.quick, params)
     rep.note("drain_batched: defaults (batch_size 10, unlimited); completions may sit in memory up to 0.1 s")
     rep.note("the child enqueue runs inside the parent's body, not in the parent's completion transaction")
+    rep.note(
+        "slots_*: each job awaits asyncio.sleep(0.1); ideal 1.0 s for slots_1x100_s (1,000 jobs / 100 at"
+        " once) and 2.5 s for slots_4x100_s (10,000 / 400); worker processes connect, then are released"
+        " together; clock stops when every worker's drain-mode run() has returned and the process exited"
+    )
+    rep.note(
+        "slots_1x100_s: entrypoint concurrency_limit=100, run(batch_size=100, mode=drain). slots_4x100_s: "
+        "concurrency_limit is enforced across all workers (100 would cap the 4 processes at 100 together: "
+        "14.4 s by hand), so concurrency_limit=400 (4 x 100) and batch_size=100 in each process. "
+        "slots_4x100_maxtasks_s: the per-worker cap instead, run(max_concurrent_tasks=100, batch_size=50) "
+        "(it must be >= 2 x batch_size), no entrypoint limit"
+    )
     pu.run(rep, lambda: asyncio.run(main(rep, a)), a.budget)
