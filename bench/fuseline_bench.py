@@ -103,6 +103,14 @@ def checkpoint(url: str) -> None:
             conn.execute("CHECKPOINT")
 
 
+def write_results(path: str, figures: dict[str, Any]) -> None:
+    """Every benchmark's figures, as sorted JSON at ``path`` (``bench/results/<name>.json``)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
 # -- worker processes -----------------------------------------------------------------------------
 def _worker(
     url: str, workflow: str, start: Any, ready: Any, until_idle: bool, listen: bool = True, prefetch: int = 1
@@ -433,10 +441,7 @@ def main() -> None:
             record(f"sqlite_drain_noop_c{c}", lambda c=c: drain(lite(), "noop", sizes["sqlite_noop"], c))
             record(f"sqlite_drain_chain3_c{c}", lambda c=c: drain(lite(), "chain", sizes["sqlite_chains"], c))
         record("sqlite_pickup", lambda: pickup(lite(), max(20, sizes["pickup"] // 4)))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, figures)
 
 
 if __name__ == "__main__":

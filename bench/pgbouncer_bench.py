@@ -184,10 +184,7 @@ def main() -> None:
         record("claims_direct_unprepared", claims(_database_url(), "direct", samples, prepared=False))
     finally:
         bouncer.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    fuseline_bench.write_results(args.out, figures)
 
 
 if __name__ == "__main__":

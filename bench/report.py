@@ -164,7 +164,43 @@ def main() -> int:
     print()
     for label, value in extra:
         print(f"- {label}: {value}")
+    print_many_workers(load("many_workers"))
     return 0
+
+
+def print_many_workers(curve: dict[str, Any]) -> None:
+    """The 1 -> 200 workers curve (bench/many_workers.py), direct and through PgBouncer."""
+    counts = sorted({int(key.split("_")[1]) for key in curve if key.startswith(("direct_", "pgbouncer_"))})
+    if not counts:
+        return
+    print()
+    print(
+        f"Many workers ({curve.get('slots')} slots each, steps awaiting"
+        f" {curve.get('wait_seconds')} s, polling; PgBouncer pool {curve.get('pool_size')};"
+        f" the server allows {curve.get('server_allows')} connections):"
+    )
+    print()
+    print(
+        "| workers | direct | claim p50 / p99 | server conns | CPU per step: server + workers"
+        " | PgBouncer | claim p50 / p99 | server / client conns | CPU per step: server + workers |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def cells(point: dict[str, Any], pooled: bool) -> list[str]:
+        if "steps_per_s" not in point:
+            return [point.get("not_run", "-"), "-", "-", "-"]
+        conns = f"{point['server_connections_max']}"
+        if pooled:
+            conns += f" / {point.get('client_connections_max')}"
+        latency = f"{fmt(point.get('claim_p50_ms'), 'ms')} / {fmt(point.get('claim_p99_ms'), 'ms')}"
+        server, workers = point.get("server_cpu_ms_per_step"), point.get("worker_cpu_ms_per_step")
+        cpu = f"{fmt(server, 'ms')} + {fmt(workers, 'ms')}"
+        return [fmt(point["steps_per_s"], "/s"), latency, conns, cpu]
+
+    for workers in counts:
+        row = [str(workers), *cells(curve.get(f"direct_{workers}", {}), False)]
+        row += cells(curve.get(f"pgbouncer_{workers}", {}), True)
+        print("| " + " | ".join(row) + " |")
 
 
 def round_two_figures() -> list[tuple[str, str]]:
@@ -179,6 +215,16 @@ def round_two_figures() -> list[tuple[str, str]]:
                     f"slots, steps waiting 100 ms ({label}): 1,000 on 1 x 100 / 10,000 on 4 x 100",
                     f"{fmt(dig(one, 'seconds'), 's')} / {fmt(dig(four, 'seconds'), 's')}"
                     " (ideal 1.00 s / 2.50 s)",
+                ),
+            )
+    for peer in ("pgqueuer", "procrastinate"):
+        theirs = load(peer).get("figures", {})
+        one, four = dig(theirs, "slots_1x100_s"), dig(theirs, "slots_4x100_s")
+        if one or four:
+            lines.append(
+                (
+                    f"{peer} on the same steps (async jobs, concurrency 100 per process): 1 x 100 / 4 x 100",
+                    f"{fmt(one, 's')} / {fmt(four, 's')}",
                 ),
             )
     for name, label in (("noop_c4", "no-op, 4 workers"), ("noop_prefetch10_c4", "no-op, prefetch 10"),

@@ -132,10 +132,7 @@ def main() -> None:
     for kind in ("async", "threads"):
         record(f"pg_slots_{kind}_1x{SLOTS}", lambda kind=kind: drain(kind, one, 1))
         record(f"pg_slots_{kind}_4x{SLOTS}", lambda kind=kind: drain(kind, four, 4))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    fuseline_bench.write_results(args.out, figures)
 
 
 if __name__ == "__main__":

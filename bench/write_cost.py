@@ -45,6 +45,7 @@ from fuseline_bench import (
     dispatch_backlog,
     fresh_postgres,
     run_workers,
+    write_results,
 )
 
 #: (figure name, workflow, instances at full size, worker processes, prefetch)
@@ -224,10 +225,7 @@ def main() -> None:
         )
         top = ", ".join(f"{rel} {size}" for rel, size in list(step["wal_by_relation"].items())[:8])
         print(f"{'':<22} WAL bytes per step by relation: {top}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, figures)
 
 
 if __name__ == "__main__":

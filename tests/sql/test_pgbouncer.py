@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
@@ -164,3 +165,21 @@ def test_an_unknown_pooler_mode_is_refused_before_connecting() -> None:
         SqlBroker("postgresql+psycopg://app:secret@127.0.0.1:1/app?pooler=session")
     with pytest.raises(DatabaseError, match="for PostgreSQL URLs"):
         SqlBroker("sqlite:///fuseline.db?pooler=transaction")
+
+
+def test_pgbouncer_keeps_answering_after_logging_more_than_a_pipe_holds(
+    database: URL, pgbouncer: PgBouncer
+) -> None:
+    """PgBouncer logs every connection and disconnection to its stderr as well as its log file;
+    a harness that left stderr in an unread pipe froze it once 64 KiB had been written (the
+    200-worker benchmark hung at 50 workers). Far more than that is logged here, then a query
+    through it must still answer at once."""
+    url = pgbouncer.url(pooler=False).replace("postgresql+psycopg://", "postgresql://")
+    logged_before = len(pgbouncer.log_text())
+    for _ in range(600):
+        psycopg.connect(url, autocommit=True, connect_timeout=5).close()
+    logged = len(pgbouncer.log_text()) - logged_before
+    assert logged > 64 * 1024, f"only {logged} bytes logged: the case is not exercised"
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("SET statement_timeout = '5s'")
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)

@@ -102,14 +102,19 @@ class PgBouncer:
             for path in (self.folder, *self.folder.iterdir()):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
             argv[1:1] = ["-u", RUN_AS]
-        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its stderr goes to a file, never to a pipe: PgBouncer in the foreground logs every
+        # connection there too, and once an unread pipe's 64 KiB fill up its one thread blocks on
+        # the write and every client behind it hangs (as it did with 50 workers).
+        self.errors = self.folder / "stderr.log"
+        with self.errors.open("wb") as stderr:
+            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         self._wait_for_port()
 
     def _wait_for_port(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             if self.process.poll() is not None:
-                errors = self.process.stderr.read().decode() if self.process.stderr else ""
+                errors = self.errors.read_text(errors="replace")
                 raise RuntimeError(f"pgbouncer exited {self.process.returncode}: {errors}{self.log_text()}")
             with (
                 contextlib.suppress(OSError),
@@ -147,8 +152,6 @@ class PgBouncer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
