@@ -70,8 +70,7 @@ PAGES = {
     "list_running_page": InstancePage(status=Status.RUNNING, limit=PAGE),
     "list_succeeded_page": InstancePage(status=Status.SUCCEEDED, limit=PAGE),
 }
-#: Measuring rounds per database, alternating between them.
-ROUNDS = 6
+ROUNDS = 6  # measuring rounds per database, alternating between them
 
 
 class Noop(Step):
@@ -294,7 +293,8 @@ def one_round(
 ) -> None:
     """``count`` samples of each figure, appended to ``times``. A claim takes a queued step and
     its report succeeds it; one instance dispatched (untimed) every ten claims keeps the queue
-    at its size. Then ``instances list`` pages and ``instances show`` of old instances."""
+    at its size. Then ``instances list`` pages (pages 2..6 by following "next page: --after
+    ID" from the first) and ``instances show`` of old instances."""
     for n in range(count):
         if n % STEPS == 0:
             broker.dispatch_many(SCHEMA, [{}])
@@ -314,7 +314,6 @@ def one_round(
         times["show_old_instance"].append(
             timed(lambda i=i: (broker.get_instance(i), broker.instance_events(i)))[0]
         )
-    # Following "next page: --after ID" from the first page: pages 2..6, each timed.
     for _ in range(max(1, count // 5)):
         last = broker.instances_page(PAGES["list_first_page"])[-1].instance_id
         for _ in range(5):
