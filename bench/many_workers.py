@@ -68,6 +68,8 @@ MIN_STEPS, MAX_STEPS = 1_000, 8_000
 #: A point that takes longer than this has hung: its workers are killed and the run fails.
 DEADLINE_SECONDS = 300
 POLL_SECONDS = 0.1
+#: The connection the benchmark's own drain check holds (left out of the server connections).
+CHECK_CONNECTIONS = 1
 
 
 class Call(AsyncStep):
@@ -110,17 +112,22 @@ def _worker(url: str, start: Any, stop: Any, ready: Any, results: Any) -> None:
         results.put(client.claims)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU the processes have used so far (those that exited count nothing)."""
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User and system CPU each process has used so far (one that exited is left out)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+        used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
+def _cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between the two readings; a process started in between counts from zero."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def _server_pids() -> list[int]:
@@ -171,11 +178,11 @@ def point(via: str, workers: int, bouncer: PgBouncer, steps: int | None = None) 
     for _ in procs:
         ready.acquire()
     # Forked before the sampler's thread starts: no child inherits a thread mid-query.
-    check = SqlBroker(direct, listen=False)
+    check = SqlBroker(direct, listen=False, connections=CHECK_CONNECTIONS)
     try:
         with ConnectionSampler(make_url(direct), bouncer if via == "pgbouncer" else None, 0.05) as sampler:
-            servers = _server_pids()
-            cpu_before = (_cpu_seconds(servers), _cpu_seconds([p.pid for p in procs if p.pid]))
+            workers_pids = [p.pid for p in procs if p.pid]
+            cpu_before = (_cpu_seconds(_server_pids()), _cpu_seconds(workers_pids))
             began = time.perf_counter()
             start.set()
             while check.has_running_instances():
@@ -183,7 +190,7 @@ def point(via: str, workers: int, bouncer: PgBouncer, steps: int | None = None) 
                     raise RuntimeError(f"the drain {via} with {workers} workers hung")
                 time.sleep(0.02)
             seconds = time.perf_counter() - began
-            cpu_after = (_cpu_seconds(servers), _cpu_seconds([p.pid for p in procs if p.pid]))
+            cpu_after = (_cpu_seconds(_server_pids()), _cpu_seconds(workers_pids))
         stop.set()
         claims = [call for _ in procs for call in results.get(timeout=60)]
     except queue.Empty:
@@ -198,7 +205,7 @@ def point(via: str, workers: int, bouncer: PgBouncer, steps: int | None = None) 
                 p.join()
     if any(p.exitcode for p in procs):
         raise RuntimeError(f"a worker {via} with {workers} workers failed")
-    server_cpu, worker_cpu = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+    server_cpu, worker_cpu = (_cpu_between(b, a) for a, b in zip(cpu_after, cpu_before, strict=True))
     taking = [ms for ms, taken in claims if taken]
     figures: dict[str, Any] = {
         "workers": workers,
@@ -216,8 +223,8 @@ def point(via: str, workers: int, bouncer: PgBouncer, steps: int | None = None) 
         "server_cpu_ms_per_step": round(server_cpu * 1000 / steps, 3),
         "worker_cpu_ms_per_step": round(worker_cpu * 1000 / steps, 3),
         "cpu_busy_share": round((server_cpu + worker_cpu) / (seconds * (os.cpu_count() or 1)), 2),
-        "server_connections_max": sampler.servers,
-        "server_connections_mean": round(sampler.servers_mean, 1),
+        "server_connections_max": sampler.servers - CHECK_CONNECTIONS,
+        "server_connections_mean": round(sampler.servers_mean - CHECK_CONNECTIONS, 1),
     }
     if via == "pgbouncer":
         figures["client_connections_max"] = sampler.clients
