@@ -30,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial" $(PYTEST_ARGS)
 	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-## bench: fuseline, the peers and the PostgreSQL ceiling in one run (about 20 minutes)
+## bench: fuseline, the peers and the PostgreSQL ceiling in one run (about 25 minutes)
 bench: $(STAMP)
 	@# The PgBouncer figures start Debian's pgbouncer.
 	(command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null || (apt-get update && apt-get install -y pgbouncer)
@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/slots_bench.py
 	$(PY) bench/pgbouncer_bench.py
 	$(PY) bench/many_workers.py
+	$(PY) bench/big_tables.py
 	$(PY) bench/report.py | tee bench/results/report.md
 
 bench-quick: $(STAMP)

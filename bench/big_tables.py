@@ -439,10 +439,7 @@ def main() -> None:
     }
     emit("ratios_big_over_small", ratios)
     emit("verdict", results["verdict"])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    fuseline_bench.write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,34 @@ def main() -> int:
     for label, value in extra:
         print(f"- {label}: {value}")
     print_many_workers(load("many_workers"))
+    print_big_tables(load("big_tables"))
     return 0
+
+
+def print_big_tables(big: dict[str, Any]) -> None:
+    """Claim, report and the listings with ~1k rows and with 10M (bench/big_tables.py)."""
+    if "big" not in big:
+        return
+    rows = big.get("big_load", {})
+    print()
+    print(
+        f"Big tables: {rows.get('finished_steps', 0):,} finished step rows and"
+        f" {rows.get('queued_steps', 0):,} queued, against about 1,000 (medians, p99 in brackets):"
+    )
+    print()
+    print("| figure | ~1k rows | big | big / small (p50) |")
+    print("|---|---|---|---|")
+    for figure in sorted(big["big"]):
+        small, large = big["small"].get(figure, {}), big["big"][figure]
+        if "p50_ms" not in large:
+            continue
+        cells = [
+            figure.replace("_", " "),
+            f"{fmt(dig(small, 'p50_ms'), 'ms')} ({fmt(dig(small, 'p99_ms'), 'ms')})",
+            f"{fmt(large['p50_ms'], 'ms')} ({fmt(large.get('p99_ms'), 'ms')})",
+            ratio(large["p50_ms"], dig(small, "p50_ms"), higher_is_better=True),
+        ]
+        print("| " + " | ".join(cells) + " |")
 
 
 def print_many_workers(curve: dict[str, Any]) -> None:
