@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
 import sys
 import time
 
@@ -237,27 +236,14 @@ async def measure_slots(
         reset_jobs()
         await enqueue_batched(q, n, args.chunk, entrypoint="io")
         pu.checkpoint(DB)
-        workers = []
-        for _ in range(procs):
-            cmd = [sys.executable, __file__, "_slots_worker", str(limit), str(batch), str(max_tasks)]
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            pu._children.append(proc)  # killed by the deadline like pu.spawn's workers
-            workers.append(proc)
-        for proc in workers:
-            pu.wait_ready(proc)
-        await asyncio.sleep(0.5)  # let every worker settle before the release
-        with pu.Timer() as t:
-            for proc in workers:
-                proc.stdin.write("GO\n")
-                proc.stdin.flush()
-            outs = await asyncio.gather(
-                *(asyncio.to_thread(pu.collect_json, proc, args.phase_timeout) for proc in workers)
-            )
+        elapsed, outs = pu.release_together(
+            [__file__, "_slots_worker", str(limit), str(batch), str(max_tasks)], procs, args.phase_timeout
+        )
         ran = [out["ran"] for out in outs]
         if sum(ran) != n:
             raise RuntimeError(f"workers ran {ran} jobs, expected {n} in all")
         check_queue_empty()
-        report.add(figure, t.elapsed)
+        report.add(figure, elapsed)
 
 
 async def main(report: pu.Report, args: argparse.Namespace) -> None:

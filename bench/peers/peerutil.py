@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PGHOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -99,11 +100,32 @@ class Timer:
 _children: list[subprocess.Popen] = []
 
 
-def spawn(args: list[str]) -> subprocess.Popen:
-    """Start `python <args>` with a stdout pipe; killed on deadline or exit."""
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True)
+def spawn(args: list[str], stdin: bool = False) -> subprocess.Popen:
+    """Start `python <args>` with a stdout pipe (and a stdin pipe if asked); killed on deadline
+    or exit."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdin=subprocess.PIPE if stdin else None, stdout=subprocess.PIPE, text=True
+    )
     _children.append(proc)
     return proc
+
+
+def release_together(args: list[str], procs: int, timeout: float) -> tuple[float, list[dict | list]]:
+    """Start `procs` workers `python <args>`, wait for each one's READY, then release them all at
+    once with a GO line on stdin; returns the seconds from the release until the last exited,
+    and each one's JSON (see collect_json)."""
+    workers = [spawn(args, stdin=True) for _ in range(procs)]
+    for proc in workers:
+        wait_ready(proc)
+    time.sleep(0.5)  # let every worker settle before the release
+    with Timer() as t:
+        for proc in workers:
+            proc.stdin.write("GO\n")
+            proc.stdin.flush()
+        # Each worker's output is read by its own thread, so none blocks on a full pipe.
+        with ThreadPoolExecutor(len(workers)) as pool:
+            outs = list(pool.map(lambda proc: collect_json(proc, timeout), workers))
+    return t.elapsed, outs
 
 
 def wait_ready(proc: subprocess.Popen) -> None:
