@@ -12,7 +12,8 @@ to the instance id as a cross-check. The ledger connection waits out
 database outages (the restart tests cut it too), so an outage never fails
 a step.
 
-- ``diamond``: A -> {B, C} -> D (AND join); D returns ``2n + (n + 1)``.
+- ``diamond``: A -> {B, C} -> D (AND join); D returns ``2n + (n + 1)``;
+  with ``gate``, A waits until that file exists.
 - ``hold``: one step; its first execution waits until the file ``gate``
   exists, every later one returns at once; the result names the pid.
 - ``poison``: one step; with ``poison=True`` it SIGKILLs its own worker.
@@ -135,12 +136,20 @@ class Ledger:
 ledger = Ledger()
 
 
+def wait_for_gate(gate: str) -> None:
+    """Wait until the file ``gate`` exists (HOLD_LIMIT_SECONDS at most); an empty ``gate`` is open."""
+    deadline = time.monotonic() + HOLD_LIMIT_SECONDS
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 # -- diamond: A -> {B, C} -> D (AND join) -----------------------------------------------------
 
 
 class A(Step):
-    def run_step(self, n: int, pause: float = 0.005) -> int:
+    def run_step(self, n: int, pause: float = 0.005, gate: str = "") -> int:
         ledger.record(n, "a")
+        wait_for_gate(gate)
         time.sleep(pause)
         return n
 
@@ -197,9 +206,7 @@ class Hold(Step):
             marker.touch(exist_ok=False)
         except FileExistsError:
             return {"pid": os.getpid(), "attempt": attempt, "first": False}
-        deadline = time.monotonic() + HOLD_LIMIT_SECONDS
-        while not Path(gate).exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for_gate(gate)
         return {"pid": os.getpid(), "attempt": attempt, "first": True}
 
 

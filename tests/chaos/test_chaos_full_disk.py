@@ -6,9 +6,9 @@ tables and indexes), while the server's own files and WAL stay where they
 were, so PostgreSQL itself keeps running, as it does when a data volume
 separate from the WAL fills. The ledger is moved out of the small disk
 (it must record every execution, full or not). Workers drain diamonds that
-a dispatcher adds at a steady rate, plus a backlog dispatched at once; then
-a filler file takes every free byte of the tmpfs, is kept a few seconds,
-and is deleted.
+a dispatcher adds at a steady rate, plus a backlog dispatched at once whose
+first steps wait until the disk is full; then a filler file takes every
+free byte of the tmpfs, is kept a few seconds, and is deleted.
 
 Pass: while the disk is full a dispatch fails with one clear line (its
 error class and "No space left on device"); the workers stay up, log the
@@ -185,16 +185,21 @@ def test_workers_pause_while_the_database_disk_is_full_and_resume_when_space_ret
         dispatcher = Dispatcher(db.url, cfg.rate)
         dispatcher.start()
         time.sleep(cfg.before_seconds)
-        # a backlog the workers are still draining when the disk fills: their reports need space
+        # A backlog whose first steps wait for a gate opened only once the disk is full: the
+        # workers cannot drain it beforehand (they did on a loaded machine, and then never wrote
+        # again), so their claims and reports of it must find space on the full disk.
+        gate = tmp_path / "backlog-gate"
+        params = {"pause": PAUSE_SECONDS, "gate": str(gate)}
         broker = SqlBroker(db.url, listen=False)
         try:
             for n in range(BACKLOG_FIRST_N, BACKLOG_FIRST_N + cfg.backlog):
-                dispatcher.ids_by_n[n] = flows.diamond.dispatch(broker, {"n": n, "pause": PAUSE_SECONDS})
+                dispatcher.ids_by_n[n] = flows.diamond.dispatch(broker, {"n": n, **params})
         finally:
             broker.close()
         before_full = len(dispatcher.ids_by_n)
         filled = fill(filler)
         full_at = time.monotonic()
+        gate.touch()
         wait_for(lambda: dispatcher.failures, 30, "a dispatch to fail on the full disk")
         wait_for(lambda: NO_SPACE in fleet.logs(), 30, "a worker to meet the full disk")
         time.sleep(cfg.full_seconds)
