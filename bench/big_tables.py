@@ -248,10 +248,15 @@ def check(url: str, dsn: str, example: str, instances: int, queued: int) -> None
         broker.close()
 
 
-def build(name: str, instances: int, queued: int, chunk: int) -> tuple[str, str, str, dict[str, Any]]:
-    """A fresh database with the example, ``instances`` copies and ``queued`` queued steps."""
+def build(
+    name: str, instances: int, queued: int, chunk: int, prepare: Callable[[str], None] | None = None
+) -> tuple[str, str, str, dict[str, Any]]:
+    """A fresh database with the example, ``instances`` copies and ``queued`` queued steps;
+    ``prepare(dsn)`` first changes the migrated schema (``partitioned_events.py``'s tables)."""
     began = time.perf_counter()
     url, dsn = fresh(name)
+    if prepare is not None:
+        prepare(dsn)
     example = run_example(url)
     history_s = load_history(dsn, example, instances, chunk)
     mark = time.perf_counter()

@@ -315,8 +315,10 @@ def test_a_retried_instance_runs_its_failed_step_again_and_succeeds(broker, make
 
 
 def test_the_engine_heartbeats_keep_a_long_step_leased(make_broker, make_engine):
-    broker = make_broker(lease_seconds=0.3)
-    instance_id = wf.SLEEPY.dispatch(broker, {"seconds": 0.8})
+    # A lease of 1 s: a worker is listed dead after 2 s without a beat, which a loaded machine's
+    # stalls stay under (with 0.3 s it was 0.6 s, and a stall of 1 s under load reached it).
+    broker = make_broker(lease_seconds=1.0)
+    instance_id = wf.SLEEPY.dispatch(broker, {"seconds": 2.2})
     engine = make_engine(broker, wf.SLEEPY)
     ran: list[int] = []
     worker = threading.Thread(target=lambda: ran.append(engine.work()))
