@@ -113,8 +113,9 @@ def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
     """Lost work is taken up before the backlog queued after it, though it sits below the floor."""
     monkeypatch.setattr(claimfloor, "FULL_SCAN_SECONDS", 600.0)  # no full scan may find it here
     monkeypatch.setattr(claimfloor, "RESCAN_WHEN_EMPTY_SECONDS", 600.0)
-    # 0.5 s: ``alive``'s claims are its only heartbeats, and it must not be listed dead (2 x lease)
-    broker = SqlBroker(postgres_url, lease_seconds=0.5, listen=False)
+    # ``alive``'s claims are its only heartbeats, and it must not be listed dead (2 x lease): the
+    # wait below is 1.3 s of 2, room for a loaded machine's stall
+    broker = SqlBroker(postgres_url, lease_seconds=1.0, listen=False)
     try:
         lost, alive = (broker.register_worker([UNIT.to_schema()]) for _ in range(2))
         dispatch(broker, 0, backdated=True)
@@ -126,7 +127,7 @@ def test_an_expired_step_keeps_its_place_in_line_and_its_reaper_claims_it_first(
         broker.report_step(
             alive, StepReport(first.workflow_id, first.instance_id, first.step_name, Status.SUCCEEDED, 1)
         )
-        time.sleep(0.65)
+        time.sleep(1.3)  # past the lease ``lost`` holds
 
         again = broker.get_step(alive)  # reaps step 0, then claims
         assert again is not None
