@@ -42,11 +42,14 @@ class CrashChaos:
     pause: float = 0.005
 
 
+# Scaled down, the lease is 3 s rather than 2: an orphan is claimed again once its lease ends
+# and a live worker next polls, and on a loaded 2-core box the live worker is often one still
+# starting up (kills come every second or less), which took a 2 s lease's orphan 4.3 s once.
 CRASH_POSTGRES = CrashChaos(
-    workers=pick(4, 8), instances=pick(300, 5_000), lease_seconds=pick(2.0, 5.0), kill_every=pick(1.0, 0.5)
+    workers=pick(4, 8), instances=pick(300, 5_000), lease_seconds=pick(3.0, 5.0), kill_every=pick(1.0, 0.5)
 )
 CRASH_SQLITE = CrashChaos(
-    workers=2, instances=pick(150, 200), lease_seconds=pick(2.0, 5.0), kill_every=pick(0.7, 0.5)
+    workers=2, instances=pick(150, 200), lease_seconds=pick(3.0, 5.0), kill_every=pick(0.7, 0.5)
 )
 
 #: Item 4 and 8: the lease of the hung or partitioned worker.
