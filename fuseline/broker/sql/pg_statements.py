@@ -288,7 +288,10 @@ step_succeed_and_finish = _compact(f"""
 #: A batch of successes (parallel arrays, one entry per report, numbered by ``p_ns``; the
 #: successors to queue flattened into ``p_q_*`` arrays that point at their report's number).
 #: The instances are locked first, in id order, so two batches never wait for each other in a
-#: cycle. Returns the numbers of the reports accepted.
+#: cycle. Every report is matched by joins (hashed or probed through an index), never by a scan
+#: of the batch per report: a generic plan estimates any batch at ten reports, and a per-report
+#: scan made the statement cubic in the batch (see ``slotreports.MAX_BATCH``). Returns the
+#: numbers of the reports accepted.
 steps_succeed_batch = _compact(f"""
     WITH r AS MATERIALIZED (
         SELECT * FROM unnest(CAST(%(p_ns)s AS integer[]), CAST(%(p_instance_ids)s AS uuid[]),
@@ -299,22 +302,27 @@ steps_succeed_batch = _compact(f"""
                AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes, item_of)
     ),
     locked AS MATERIALIZED (
-        SELECT i.id, i.parent_instance_id FROM fuseline_instances i
-         WHERE i.id IN (SELECT instance_id FROM r WHERE item_of IS NULL)
-           AND (i.id, i.workflow_id, i.version) IN (SELECT instance_id, workflow_id, version FROM r)
+        SELECT i.id, i.parent_instance_id
+          FROM (SELECT DISTINCT instance_id, workflow_id, version FROM r WHERE item_of IS NULL) k
+          JOIN fuseline_instances i
+            ON i.id = k.instance_id AND i.workflow_id = k.workflow_id AND i.version = k.version
          ORDER BY i.id
-           FOR NO KEY UPDATE
+           FOR NO KEY UPDATE OF i
+    ),
+    -- The reports this statement may accept: a Map item needs no instance lock (as in
+    -- item_succeed), any other report its locked instance.
+    acceptable AS MATERIALIZED (
+        SELECT r.* FROM r LEFT JOIN locked ON locked.id = r.instance_id
+         WHERE r.item_of IS NOT NULL
+            OR (locked.id IS NOT NULL AND (NOT r.finishes OR locked.parent_instance_id IS NULL))
     ),
     done AS (
         UPDATE fuseline_steps s
            SET state = 'SUCCEEDED', result = r.result, error = NULL, action = NULL,
                reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
                finished_at = clock_timestamp()
-          FROM r
+          FROM acceptable r
          WHERE s.instance_id = r.instance_id AND s.name = r.name
-           AND (r.item_of IS NOT NULL  -- a Map item: no instance lock, as in item_succeed
-                OR r.instance_id IN (SELECT id FROM locked
-                                      WHERE NOT r.finishes OR parent_instance_id IS NULL))
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
         RETURNING r.n, s.instance_id, s.name, s.attempt, s.started_at, s.finished_at, r.result, r.finishes,
