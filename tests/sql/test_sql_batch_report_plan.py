@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,6 @@ REPORTS = 60
 
 class Captured(Exception):
     """Stops a report call once its batch statement's parameters are captured."""
-
-
-@pytest.fixture
-def broker(postgres_url: URL) -> Iterator[SqlBroker]:
-    opened = SqlBroker(postgres_url, listen=False)
-    yield opened
-    opened.close()
 
 
 def captured_batch(broker: SqlBroker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
@@ -98,9 +91,12 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def test_a_batch_of_successes_under_a_generic_plan_runs_no_node_more_often_than_it_has_reports(
-    broker: SqlBroker, postgres_url: URL, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    broker_factory_postgres: Callable[..., SqlBroker],
+    postgres_url: URL,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    params = captured_batch(broker, monkeypatch, tmp_path)
+    params = captured_batch(broker_factory_postgres(listen=False), monkeypatch, tmp_path)
     statement, names = as_prepared(pg_statements.steps_succeed_batch)
     arguments = ", ".join(f"%({name})s" for name in names)
     dsn = postgres_url.set(drivername="postgresql").render_as_string(hide_password=False)
