@@ -115,15 +115,17 @@ class PostgresDatabase(Database):
         """Run statements in one transaction and one round trip (a pipeline); the rows of each.
 
         A later statement sees what an earlier one wrote. If one fails, none
-        of them took effect.
+        of them took effect. No BEGIN and COMMIT are sent: on an autocommit
+        connection the extended protocol keeps every statement before the
+        pipeline's Sync in one implicit transaction, committed (or rolled back
+        after an error) by that Sync. Two fewer statements a report halve the
+        driver's work on the hot path.
         """
 
         def run(raw: psycopg.Connection) -> list[Rows]:
             try:
                 with raw.pipeline():
-                    raw.execute("BEGIN")
                     cursors = [raw.execute(sql, params) for sql, params in statements]
-                    raw.execute("COMMIT")
                 return [cursor.fetchall() for cursor in cursors]
             except psycopg.Error:
                 if not raw.closed and not raw.broken:

@@ -1,0 +1,70 @@
+"""``PostgresDatabase.together``: statements pipelined in one round trip are one transaction.
+
+The hot path (a success and the same worker's next claim) relies on it: the
+claim must see the successors the report queued, and a failed claim must
+undo the report. No BEGIN or COMMIT is sent; the pipeline's single Sync
+closes the implicit transaction, so these tests pin that behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from fuseline.broker.sql import SqlBroker
+from fuseline.broker.sql.database import PostgresDatabase
+from fuseline.errors import DatabaseError
+
+
+@pytest.fixture
+def database(broker_factory_postgres: Callable[..., SqlBroker]) -> Iterator[PostgresDatabase]:
+    broker = broker_factory_postgres()
+    assert isinstance(broker.db, PostgresDatabase)
+    with broker.db.budget.lend() as connection:
+        connection.connection.driver_connection.execute("CREATE TABLE together_probe (x integer PRIMARY KEY)")
+    try:
+        yield broker.db
+    finally:
+        with broker.db.budget.lend() as connection:
+            connection.connection.driver_connection.execute("DROP TABLE together_probe")
+
+
+def _count(database: PostgresDatabase) -> int:
+    return database.rows("SELECT count(*) FROM together_probe", {})[0][0]
+
+
+def test_statements_share_one_transaction_and_see_each_others_writes(database: PostgresDatabase) -> None:
+    inserted, seen = database.together(
+        [
+            ("INSERT INTO together_probe VALUES (1) RETURNING txid_current()", {}),
+            ("SELECT txid_current(), (SELECT count(*) FROM together_probe)", {}),
+        ]
+    )
+    assert seen[0][0] == inserted[0][0]  # one transaction id for both statements
+    assert seen[0][1] == 1  # the second statement saw the first one's row
+    assert _count(database) == 1  # and the Sync committed it
+
+
+def test_a_failing_statement_undoes_the_earlier_ones(database: PostgresDatabase) -> None:
+    with pytest.raises(DatabaseError):
+        database.together(
+            [
+                ("INSERT INTO together_probe VALUES (%(x)s)", {"x": 7}),
+                ("INSERT INTO together_probe VALUES (%(x)s)", {"x": 7}),  # duplicate key
+            ]
+        )
+    assert _count(database) == 0
+    # The connection went back usable, outside any transaction.
+    assert database.together([("SELECT 1", {})]) == [[(1,)]]
+
+
+def test_nothing_stays_open_after_the_round_trip(database: PostgresDatabase) -> None:
+    """A transaction-local setting is gone afterwards: the transaction ended at the Sync."""
+    database.together([("SELECT set_config('synchronous_commit', 'off', true)", {})])
+    setting = database.together([("SELECT current_setting('synchronous_commit')", {})])
+    assert setting == [[("on",)]]
+    with database.budget.lend() as connection:
+        status = connection.connection.driver_connection.info.transaction_status
+    assert status == psycopg.pq.TransactionStatus.IDLE
