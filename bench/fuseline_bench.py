@@ -97,9 +97,18 @@ def fresh_sqlite(folder: Path) -> str:
 
 
 def checkpoint(url: str) -> None:
+    """Write back what earlier figures left dirty, and give the planner the tables' statistics.
+
+    Empty tables are not vacuumed nor analyzed: their statistics would say they stay empty,
+    and plans made then (a foreign key's check among them) scan the table whole however much
+    it grows until the next ANALYZE. A batch of 1,000 dispatches after 20,000 took 0.65 s
+    so, 0.03 s without.
+    """
     if url.startswith("postgresql"):
         with psycopg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE, autocommit=True) as conn:
-            conn.execute("VACUUM ANALYZE")
+            filled = conn.execute("SELECT EXISTS (SELECT 1 FROM fuseline_instances)").fetchone()
+            if filled and filled[0]:
+                conn.execute("VACUUM ANALYZE")
             conn.execute("CHECKPOINT")
 
 

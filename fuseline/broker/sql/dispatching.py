@@ -13,8 +13,9 @@ concurrent insert of the key, so two dispatchers get one instance).
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -83,6 +84,12 @@ class OneStatementDispatch:
     """PostgreSQL: create instances, their steps and events in one statement (no keys, no keyed limits)."""
 
     db: PostgresDatabase
+    #: Per plan, the arrays over its steps the statement reads, as PostgreSQL array literals: they
+    #: are the same for every dispatch of a plan, so they are written once and sent as text. The
+    #: driver adapting nine lists at every call was half the CPU of a one-by-one dispatch.
+    _step_arrays: weakref.WeakKeyDictionary[WorkflowPlan, dict[str, str]] = field(
+        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
+    )
 
     @staticmethod
     def applies(plan: WorkflowPlan, dispatches: Sequence[Dispatch]) -> bool:
@@ -98,8 +105,6 @@ class OneStatementDispatch:
     def dispatch(
         self, plan: WorkflowPlan, ids: list[str], encoded: list[str], dispatches: Sequence[Dispatch]
     ) -> None:
-        rows = step_rows(plan, "-", {}, Dispatch())
-        roots = set(plan.roots)
         self.db.rows(
             pg_statements.instances_dispatch,
             {
@@ -111,6 +116,18 @@ class OneStatementDispatch:
                 "p_delays": [d.delay for d in dispatches],
                 "p_ats": [d.at for d in dispatches],
                 "p_concurrency_max": plan.scheduling.concurrency.max if plan.scheduling.concurrency else None,
+                **self.step_arrays(plan),
+            },
+        )
+
+    def step_arrays(self, plan: WorkflowPlan) -> dict[str, str]:
+        """The plan's steps in order, with what their rows carry (see ``step_rows``): one array
+        literal per column."""
+        cached = self._step_arrays.get(plan)
+        if cached is None:
+            rows = step_rows(plan, "-", {}, Dispatch())
+            roots = set(plan.roots)
+            columns: dict[str, list[Any]] = {
                 "p_names": list(plan.order),
                 "p_roots": [name in roots for name in plan.order],
                 "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
@@ -120,8 +137,25 @@ class OneStatementDispatch:
                 "p_rate_n": [r["rate_n"] for r in rows],
                 "p_rate_per": [r["rate_per"] for r in rows],
                 "p_sleeps": [plan.scheduling.steps[name].sleep_seconds for name in plan.order],
-            },
-        )
+            }
+            cached = {name: array_literal(values) for name, values in columns.items()}
+            self._step_arrays[plan] = cached
+        return cached
+
+
+def array_literal(values: Sequence[str | int | float | bool | None]) -> str:
+    """A one-dimensional PostgreSQL array literal: every element quoted (backslash and double
+    quote escaped), NULL for None, t/f for booleans."""
+
+    def element(value: str | int | float | bool | None) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bool):
+            return "t" if value else "f"
+        text = value if isinstance(value, str) else repr(value)
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return "{" + ",".join(element(value) for value in values) + "}"
 
 
 @dataclass

@@ -1,0 +1,33 @@
+"""The array literals a dispatch sends for its plan's steps read back as the values they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy.engine import URL
+
+from fuseline.broker.sql.dispatching import array_literal
+from tests.conftest import url_text
+
+
+@pytest.fixture
+def conn(postgres_url: URL) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(url_text(postgres_url).replace("postgresql+psycopg", "postgresql")) as connection:
+        yield connection
+
+
+@pytest.mark.parametrize(
+    ("values", "sql_type"),
+    [
+        (["load", "a b", 'say "hi"', "back\\slash", "{braces}", "comma,here", "NULL", "", "é ü"], "text[]"),
+        ([True, False, None], "boolean[]"),
+        ([3, None, -1, 0], "integer[]"),
+        ([0.1, None, 2.5, 1e-07, float("inf")], "float8[]"),
+        ([], "text[]"),
+    ],
+)
+def test_array_literal_reads_back_equal(conn: psycopg.Connection, values: list, sql_type: str) -> None:
+    (read,) = conn.execute(f"SELECT CAST(%s AS {sql_type})", [array_literal(values)]).fetchone()
+    assert read == values
