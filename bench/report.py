@@ -3,24 +3,50 @@
 Reads ``bench/results/{fuseline,procrastinate,pgqueuer,dbos,pgbench}.json`` as
 written by the same ``make bench`` run and prints a Markdown table. A ratio
 is "fuseline is N times better": rate / rate, or time / time inverted.
+
+``--runs DIR DIR DIR`` reads the results of several runs instead (each
+directory a copy of ``bench/results`` after one run) and reports the median
+of every figure; the ratios are then of the medians. Runs on this kind of
+machine spread by 15-30 %, so one run alone says little.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("procrastinate", "pgqueuer", "dbos")
+#: The result directories to read: the latest run, or the runs given with ``--runs``.
+SOURCES: list[Path] = [RESULTS]
 
 
 def load(name: str) -> dict[str, Any]:
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+    paths = [d / f"{name}.json" for d in SOURCES]
+    documents = [json.loads(path.read_text()) for path in paths if path.exists()]
+    return median_of(documents) if documents else {}
+
+
+def median_of(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first document, with every number replaced by the median of the numbers found at the
+    same place in all of them (a figure missing from a run is left out of its median)."""
+    merged: dict[str, Any] = {}
+    for key, value in documents[0].items():
+        same = [d[key] for d in documents if key in d]
+        if isinstance(value, dict):
+            merged[key] = median_of([v for v in same if isinstance(v, dict)])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            numbers = [v for v in same if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            middle = statistics.median(numbers)
+            whole = all(isinstance(v, int) for v in numbers) and middle == int(middle)
+            merged[key] = int(middle) if whole else middle
+        else:
+            merged[key] = value
+    return merged
 
 
 def dig(data: dict[str, Any], *keys: str) -> float | None:
@@ -49,6 +75,18 @@ def ratio(ours: float | None, theirs: float | None, higher_is_better: bool) -> s
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--runs", nargs="+", type=Path, help="result directories of several runs: report their medians"
+    )
+    args = parser.parse_args()
+    if args.runs:
+        missing = [str(d) for d in args.runs if not (d / "fuseline.json").exists()]
+        if missing:
+            print(f"no fuseline.json in {', '.join(missing)}", file=sys.stderr)
+            return 1
+        SOURCES[:] = args.runs
+        print(f"Median of {len(args.runs)} runs.\n")
     fuseline = load("fuseline")
     peers = {name: load(name).get("figures", {}) for name in PEERS}
     ceiling = load("pgbench").get("figures", {})
