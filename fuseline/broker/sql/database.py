@@ -118,8 +118,8 @@ class PostgresDatabase(Database):
         of them took effect. No BEGIN and COMMIT are sent: on an autocommit
         connection the extended protocol keeps every statement before the
         pipeline's Sync in one implicit transaction, committed (or rolled back
-        after an error) by that Sync. Two fewer statements a report halve the
-        driver's work on the hot path.
+        after an error) by that Sync: two statements fewer for every report
+        the driver and the server handle on the hot path.
         """
 
         def run(raw: psycopg.Connection) -> list[Rows]:
