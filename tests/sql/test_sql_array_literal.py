@@ -15,7 +15,7 @@ from tests.conftest import url_text
 
 @pytest.fixture
 def conn(postgres_url: URL) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(url_text(postgres_url).replace("postgresql+psycopg", "postgresql")) as connection:
+    with psycopg.connect(url_text(postgres_url.set(drivername="postgresql"))) as connection:
         yield connection
 
 

@@ -9,6 +9,7 @@ closes the implicit transaction, so these tests pin that behaviour.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -18,17 +19,24 @@ from fuseline.broker.sql.database import PostgresDatabase
 from fuseline.errors import DatabaseError
 
 
+@contextmanager
+def _driver_connection(database: PostgresDatabase) -> Iterator[psycopg.Connection]:
+    """One of the broker's own connections, as the psycopg connection under it."""
+    with database.budget.lend() as connection:
+        yield connection.connection.driver_connection
+
+
 @pytest.fixture
 def database(broker_factory_postgres: Callable[..., SqlBroker]) -> Iterator[PostgresDatabase]:
     broker = broker_factory_postgres()
     assert isinstance(broker.db, PostgresDatabase)
-    with broker.db.budget.lend() as connection:
-        connection.connection.driver_connection.execute("CREATE TABLE together_probe (x integer PRIMARY KEY)")
+    with _driver_connection(broker.db) as raw:
+        raw.execute("CREATE TABLE together_probe (x integer PRIMARY KEY)")
     try:
         yield broker.db
     finally:
-        with broker.db.budget.lend() as connection:
-            connection.connection.driver_connection.execute("DROP TABLE together_probe")
+        with _driver_connection(broker.db) as raw:
+            raw.execute("DROP TABLE together_probe")
 
 
 def _count(database: PostgresDatabase) -> int:
@@ -65,6 +73,6 @@ def test_nothing_stays_open_after_the_round_trip(database: PostgresDatabase) -> 
     database.together([("SELECT set_config('synchronous_commit', 'off', true)", {})])
     setting = database.together([("SELECT current_setting('synchronous_commit')", {})])
     assert setting == [[("on",)]]
-    with database.budget.lend() as connection:
-        status = connection.connection.driver_connection.info.transaction_status
+    with _driver_connection(database) as raw:
+        status = raw.info.transaction_status
     assert status == psycopg.pq.TransactionStatus.IDLE

@@ -127,17 +127,16 @@ class OneStatementDispatch:
         cached = self._step_arrays.get(plan)
         if cached is None:
             rows = step_rows(plan, "-", {}, Dispatch())
-            roots = set(plan.roots)
             columns: dict[str, list[Any]] = {
-                "p_names": list(plan.order),
-                "p_roots": [name in roots for name in plan.order],
-                "p_max_attempts": [plan.nodes[name].max_attempts for name in plan.order],
+                "p_names": [r["name"] for r in rows],
+                "p_roots": [r["p_queued"] for r in rows],
+                "p_max_attempts": [r["max_attempts"] for r in rows],
                 "p_queues": [r["queue"] for r in rows],
                 "p_gated": [r["gated"] for r in rows],
                 "p_step_concurrency": [r["concurrency_max"] for r in rows],
                 "p_rate_n": [r["rate_n"] for r in rows],
                 "p_rate_per": [r["rate_per"] for r in rows],
-                "p_sleeps": [plan.scheduling.steps[name].sleep_seconds for name in plan.order],
+                "p_sleeps": [plan.scheduling.steps[r["name"]].sleep_seconds for r in rows],
             }
             cached = {name: array_literal(values) for name, values in columns.items()}
             self._step_arrays[plan] = cached
