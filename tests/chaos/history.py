@@ -15,6 +15,7 @@ from fuseline.broker.sql.dialects import dialect_of
 from fuseline.broker.sql.models import events, instances, steps, workers
 from fuseline.broker.sql.plans import PlanCache
 from fuseline.broker.sql.queries import definitions
+from fuseline.broker.sql.queries.events import told_by_rows
 from fuseline.broker.sql.timeline import timeline
 from fuseline.broker.sql.verify import verify
 from tests.chaos.flows import LEDGER_DDL, LEDGER_TABLE
@@ -87,13 +88,9 @@ class History:
 
 def load_history(engine: Engine, ledger: bool = True) -> History:
     """Everything that happened, read the way ``instance_events`` reads one instance's history
-    (claims and instance successes are lines of their own again: see ``fuseline.broker.sql.timeline``)."""
+    (claims and successes are lines of their own again: see ``fuseline.broker.sql.timeline``)."""
     with engine.connect() as conn:
-        running_rows = conn.execute(
-            sa.select(
-                steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.worker_id, steps.c.started_at
-            ).where(steps.c.state == "RUNNING", steps.c.worker_id.is_not(None))
-        ).all()
+        told_rows = conn.execute(told_by_rows(steps.c.instance_id)).all()
         event_rows = conn.execute(sa.select(events).order_by(events.c.id)).all()
         ledger_rows = (
             conn.exec_driver_sql(
@@ -122,7 +119,7 @@ def load_history(engine: Engine, ledger: bool = True) -> History:
             key: plans.get(conn, key).roots for key in {(r.workflow_id, r.version) for r in instance_rows}
         }
     return History(
-        events=_lines(event_rows, running_rows, instance_rows, roots),
+        events=_lines(event_rows, told_rows, instance_rows, roots),
         ledger=[LedgerRow(r[0], norm(r[1]), r[2], r[3], r[4]) for r in ledger_rows],
         worker_pids={norm(r.id): r.pid for r in worker_rows},  # type: ignore[misc]
         worker_started={norm(r.id): aware(r.started_at) for r in worker_rows},  # type: ignore[misc]
@@ -133,17 +130,17 @@ def load_history(engine: Engine, ledger: bool = True) -> History:
 
 def _lines(
     event_rows: list[Any],
-    running_rows: list[Any],
+    told_rows: list[Any],
     instance_rows: list[Any],
     roots: dict[tuple[str, str], list[str]],
 ) -> list[Event]:
     """Each instance's history lines, instances in the order their first event was written."""
     stored: dict[str, list[Any]] = defaultdict(list)
-    running: dict[str, list[Any]] = defaultdict(list)
+    told: dict[str, list[Any]] = defaultdict(list)
     for row in event_rows:
         stored[norm(row.instance_id)].append(row)  # type: ignore[index]
-    for row in running_rows:
-        running[norm(row.instance_id)].append(row)  # type: ignore[index]
+    for row in told_rows:
+        told[norm(row.instance_id)].append(row)  # type: ignore[index]
     ended = {norm(r.id): r for r in instance_rows}
     order = list(stored) + [i for i in ended if i not in stored]
     lines: list[Event] = []
@@ -152,7 +149,7 @@ def _lines(
             continue  # events of an instance deleted meanwhile (retention)
         instance = ended[instance_id]
         first_steps = roots[(instance.workflow_id, instance.version)]
-        for line in timeline(stored[instance_id], running[instance_id], instance, first_steps):
+        for line in timeline(stored[instance_id], told[instance_id], instance, first_steps):
             lines.append(
                 Event(
                     len(lines),

@@ -1,12 +1,15 @@
 """The events of one transaction, written together when it is done (``fuseline_events``).
 
 A claim writes no event: while a step runs, its row says who holds it since
-when. The event that ends the attempt (succeeded, failed, released, ...)
-keeps the claim in ``claimed_at`` (``claimed=True``), read from the step row
-in the same transaction. A running step cancelled or ended by an operator has
+when. The event that ends the attempt (failed, released, ...) keeps the claim
+in ``claimed_at`` (``claimed=True``), read from the step row in the same
+transaction. A worker's success writes no event either: the SUCCEEDED row
+says who reported it when, and who claimed it when, until a retry or a
+repair resets the step. A running step cancelled or ended by an operator has
 no event naming its holder: :func:`record_running_claims` gives its claim a
-``claimed`` row of its own, before the change. :mod:`.timeline` lists the
-claims as lines of their own again.
+``claimed`` row of its own, before the change; :func:`record_step_successes`
+gives the successes a reset is about to erase a ``succeeded`` row each.
+:mod:`.timeline` lists the claims and successes as lines of their own again.
 """
 
 from __future__ import annotations
@@ -73,6 +76,15 @@ def record_running_claims(
         conn.execute(queries.events_append_running_claims_all, {"p_instance_id": instance_id})
     elif names:
         conn.execute(queries.events_append_running_claims, {"p_instance_id": instance_id, "p_names": names})
+
+
+def record_step_successes(
+    conn: Connection, queries: EventQueries, instance_id: str, names: list[str]
+) -> None:
+    """Before a retry or a repair resets the steps ``names`` (and deletes their Map items): keep
+    the successes their rows hold."""
+    if names:
+        conn.execute(queries.events_append_step_successes, {"p_instance_id": instance_id, "p_names": names})
 
 
 def record_instance_success(conn: Connection, queries: EventQueries, instance_id: str) -> None:

@@ -15,7 +15,7 @@ from ..base import InstanceEvent, InstanceInfo, InstancePage
 from ..dag import WorkflowPlan
 from ..ids import instance_uuid
 from .database import Database
-from .history import History, record_running_claims
+from .history import History, record_running_claims, record_step_successes
 from .plans import PlanCache
 from .queries.events import EventQueries
 from .queries.instances import InstanceQueries
@@ -69,16 +69,15 @@ class Instances:
     def history(self, instance_id: str) -> list[InstanceEvent]:
         instance_id = instance_uuid(instance_id)
         with self.db.transaction() as conn:
+            if self.events.history_snapshot is not None:  # before the first read
+                conn.execute(self.events.history_snapshot)
             if conn.execute(self.queries.instance_exists, {"p_instance_id": instance_id}).first() is None:
                 raise UnknownInstance(instance_id)
-            # Running steps first: one that ends before the events are read is then found in
-            # both, and listed once (each statement reads what was committed when it began).
-            running = conn.execute(self.events.claims_running, {"p_instance_id": instance_id}).all()
+            rows = conn.execute(self.events.steps_told_by_rows, {"p_instance_id": instance_id}).all()
             stored = conn.execute(self.events.events_of_instance, {"p_instance_id": instance_id}).all()
-            # The instance last: one that succeeded after the events were read is still RUNNING.
             instance = conn.execute(self.queries.instance_history, {"p_instance_id": instance_id}).one()
             plan = self.plans.get(conn, (instance.workflow_id, instance.version))
-        return timeline(stored, running, instance, plan.roots)
+        return timeline(stored, rows, instance, plan.roots)
 
     def any_running(self, workflows: Sequence[tuple[str, str]] | None) -> bool:
         query, params = self.queries.instance_any_running, {}
@@ -136,6 +135,7 @@ class Instances:
     ) -> None:
         """Steps back to PENDING for a retry (attempts kept): a Map's items go, so it fans out
         afresh; a SubWorkflow loses its child, so it starts a new one."""
+        record_step_successes(conn, self.events, instance_id, list(names))
         maps = [n for n in names if plan.scheduling.steps[n].map is not None]
         if maps and self.rules.shapes is not None:
             conn.execute(

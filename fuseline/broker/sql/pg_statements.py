@@ -4,8 +4,8 @@ they stand in for (:mod:`.queries`).
 Every step a worker runs costs a claim and a report, so on PostgreSQL these
 skip the general machinery: each is one data-modifying CTE that updates the
 step, queues its successors or finishes the instance, and appends the
-events (a claim and a dispatch append none: see :mod:`.history` and
-:mod:`.timeline`), run in autocommit mode (the statement is its own
+events (a claim, a success and a dispatch append none: the rows hold them; see
+:mod:`.history` and :mod:`.timeline`), run in autocommit mode (the statement is its own
 transaction). They take the same locks in the same order as the general
 path (the instance first, through the scalar subquery the step update
 evaluates before it touches a step row), so both paths can serve one
@@ -33,7 +33,6 @@ import re
 
 from ...states import EventKind
 
-_SUCCEEDED = EventKind.SUCCEEDED.value
 _QUEUED = EventKind.QUEUED.value
 
 
@@ -198,22 +197,15 @@ _SUCCEED_IF_HELD = """
                                  FOR NO KEY UPDATE)
            AND name = %(p_name)s AND state = 'RUNNING'
            AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
-        RETURNING instance_id, attempt, started_at, finished_at
+        RETURNING instance_id, attempt, finished_at
     )"""
 
 #: A child instance's end also ends its parent's SubWorkflow step: the general path finalizes it.
 _NOT_A_CHILD = "\n                                 AND parent_instance_id IS NULL"
 
-#: The history line of the success ``done`` accepted, with the claim it ends (the claim wrote
-#: no line of its own: see :mod:`.history`).
-_LOG_SUCCESS = f"""INSERT INTO fuseline_events
-               (instance_id, at, kind, step_name, attempt, worker_id, claimed_at)
-        SELECT instance_id, finished_at, '{_SUCCEEDED}', CAST(%(p_name)s AS varchar), attempt,
-               CAST(%(p_worker_id)s AS uuid), started_at
-          FROM done"""  # noqa: S608
-
 #: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
-#: idle workers (this worker takes one successor itself).
+#: idle workers (this worker takes one successor itself). The success writes no line (its row
+#: holds it: :mod:`.timeline`); each successor queued does.
 step_succeed_and_queue = _compact(f"""
     WITH {_SUCCEED_IF_HELD.format(only="")},
     queued AS (
@@ -227,9 +219,8 @@ step_succeed_and_queue = _compact(f"""
         RETURNING s.instance_id, s.name
     ),
     logged AS (
-        {_LOG_SUCCESS}
-        UNION ALL
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL, NULL FROM queued
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM queued
     ),
     announced AS (
         SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
@@ -254,10 +245,7 @@ item_succeed = _compact(f"""
                finished_at = clock_timestamp()
          WHERE instance_id = CAST(%(p_instance_id)s AS uuid) AND name = %(p_name)s
            AND state = 'RUNNING' AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
-        RETURNING instance_id, attempt, started_at, finished_at
-    ),
-    logged AS (
-        {_LOG_SUCCESS}
+        RETURNING instance_id, attempt
     )
     SELECT attempt,
            (SELECT count(*) FROM (SELECT 1 FROM fuseline_steps i
@@ -269,7 +257,7 @@ item_succeed = _compact(f"""
 """)  # noqa: S608
 
 #: Accept the success of the step that ends the instance, and end it with its result, at the
-#: moment of the step's success (the instance's end writes no line: :mod:`.timeline`).
+#: moment of the step's success (neither writes a line: their rows hold them, :mod:`.timeline`).
 step_succeed_and_finish = _compact(f"""
     WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD)},
     finished AS (
@@ -278,9 +266,6 @@ step_succeed_and_finish = _compact(f"""
                finished_at = done.finished_at, updated_at = done.finished_at
           FROM done
          WHERE i.id = done.instance_id AND i.status = 'RUNNING'
-    ),
-    logged AS (
-        {_LOG_SUCCESS}
     )
     SELECT attempt FROM done
 """)  # noqa: S608
@@ -325,8 +310,7 @@ steps_succeed_batch = _compact(f"""
          WHERE s.instance_id = r.instance_id AND s.name = r.name
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
-        RETURNING r.n, s.instance_id, s.name, s.attempt, s.started_at, s.finished_at, r.result, r.finishes,
-                  r.item_of
+        RETURNING r.n, s.instance_id, s.name, s.attempt, s.finished_at, r.result, r.finishes, r.item_of
     ),
     queued AS (
         UPDATE fuseline_steps s
@@ -347,12 +331,8 @@ steps_succeed_batch = _compact(f"""
          WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name, attempt, worker_id, claimed_at)
-        SELECT instance_id, finished_at, '{_SUCCEEDED}', name, attempt, CAST(%(p_worker_id)s AS uuid),
-               started_at
-          FROM done
-        UNION ALL
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name, NULL, NULL, NULL FROM queued
+        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM queued
     ),
     -- Other workers may take some of the steps this batch queued.
     announced AS (

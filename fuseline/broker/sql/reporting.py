@@ -352,15 +352,16 @@ class Reporter:
             if held is None:
                 self._check_replay(conn, prepared)
                 return
-            history.add(
-                report.instance_id,
-                EventKind.of_step(state),
-                report.step_name,
-                held.attempt,
-                worker_id,
-                prepared.error,
-                claimed=True,
-            )
+            if state is not Status.SUCCEEDED:  # a success writes no line: its row holds it
+                history.add(
+                    report.instance_id,
+                    EventKind.of_step(state),
+                    report.step_name,
+                    held.attempt,
+                    worker_id,
+                    prepared.error,
+                    claimed=True,
+                )
             self.rules.step_ended(
                 conn, report.instance_id, plan, report.step_name, state, prepared.error, history,
                 reporter_claims_next=True,

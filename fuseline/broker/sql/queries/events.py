@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, bindparam, func, insert, literal, not_, select
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Insert,
+    Select,
+    TextClause,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+)
 
 from ....states import EventKind, Status
 from ..dialects import Dialect, dialect_of
@@ -64,18 +80,81 @@ class EventQueries:
                 not_(success_logged),
             ),
         )
-        #: The claims of an instance's running steps, which no event holds yet (:mod:`..timeline`).
-        self.claims_running: Select = select(
-            steps.c.name, steps.c.attempt, steps.c.worker_id, steps.c.started_at
-        ).where(
-            steps.c.instance_id == bindparam("p_instance_id"),
-            steps.c.state == Status.RUNNING.value,
-            steps.c.worker_id.is_not(None),
+        #: The successes of SUCCEEDED steps a retry or a repair is about to reset (or, for a
+        #: Map, to delete the items of), which no event holds yet: each a ``succeeded`` row
+        #: keeping its claim, dated when it happened, like the row a worker's success wrote
+        #: before (:mod:`..history`). Of the steps ``p_names`` and their items.
+        self.events_append_step_successes: Insert = insert(events).from_select(
+            ["instance_id", "at", "kind", "step_name", "attempt", "worker_id", "claimed_at"],
+            select(
+                steps.c.instance_id,
+                steps.c.finished_at,
+                literal(EventKind.SUCCEEDED.value),
+                steps.c.name,
+                steps.c.attempt,
+                steps.c.reported_by,
+                steps.c.started_at,
+            ).where(
+                steps.c.instance_id == bindparam("p_instance_id"),
+                or_(
+                    steps.c.name.in_(bindparam("p_names", expanding=True)),
+                    steps.c.item_of.in_(bindparam("p_names", expanding=True)),
+                ),
+                steps.c.state == Status.SUCCEEDED.value,
+                not_(step_success_logged()),
+            ),
+        )
+        #: The steps of an instance whose rows hold lines no event does (see ``told_by_rows``).
+        self.steps_told_by_rows: Select = told_by_rows().where(
+            steps.c.instance_id == bindparam("p_instance_id")
+        )
+        #: One snapshot for the reads of a history: the rows and the events must agree on whether
+        #: a success is stored yet (SQLite's transactions see the database alone already).
+        self.history_snapshot: TextClause | None = (
+            text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if dialect.is_postgresql
+            else None
         )
         #: Tell idle workers (LISTEN fuseline_work) that steps were queued; sent at commit.
         self.work_announce: Select | None = (
             select(func.pg_notify(WORK_CHANNEL, "")) if dialect.is_postgresql else None
         )
+
+
+def told_by_rows(*leading: ColumnElement[Any]) -> Select:
+    """The steps whose rows hold lines no event does (:mod:`..timeline`): running ones, with
+    their claim; SUCCEEDED ones, with the claim and the success of their last attempt."""
+    return select(
+        *leading,
+        steps.c.name,
+        steps.c.state,
+        steps.c.attempt,
+        steps.c.worker_id,
+        steps.c.reported_by,
+        steps.c.started_at,
+        steps.c.finished_at,
+    ).where(
+        or_(
+            and_(steps.c.state == Status.RUNNING.value, steps.c.worker_id.is_not(None)),
+            steps.c.state == Status.SUCCEEDED.value,
+        )
+    )
+
+
+def step_success_logged() -> Exists:
+    """Whether the step row's success has a line: one dated no earlier than it. A line written
+    with the success is dated when it was written, after the row's ``finished_at``; a success
+    before a reset is dated before the success that followed it."""
+    return (
+        select(events.c.id)
+        .where(
+            events.c.instance_id == steps.c.instance_id,
+            events.c.step_name == steps.c.name,
+            events.c.kind == EventKind.SUCCEEDED.value,
+            events.c.at >= steps.c.finished_at,
+        )
+        .exists()
+    )
 
 
 def _running_claims(*which: ColumnElement[bool]) -> Insert:

@@ -17,11 +17,13 @@ from sqlalchemy import (
     or_,
     select,
     type_coerce,
+    union_all,
 )
 
 from ....states import UNFINISHED_STATES, EventKind, Status
 from ..dialects import Dialect, dialect_of
 from ..models import events, instances, signals, steps, workflows
+from .events import step_success_logged
 
 
 class VerifyQueries:
@@ -38,7 +40,7 @@ class VerifyQueries:
             .group_by(events.c.instance_id)
             .subquery()
         )
-        succeeded = _times_per_step(EventKind.SUCCEEDED)
+        succeeded = _successes_per_step()
         #: Steps with more accepted successes than their instance was reopened (+1).
         self.successes_repeated: Select = (
             select(succeeded.c.instance_id, succeeded.c.step_name, succeeded.c.times)
@@ -53,27 +55,37 @@ class VerifyQueries:
             .where(queued.c.times > 1 + func.coalesce(reopened.c.retries, 0))
         )
         stored_claim = events.alias("stored_claim")
-        claim_rows = (
-            select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.at.label("claimed"))
-            .where(events.c.kind == EventKind.CLAIMED.value)
-            .union_all(
-                # The claims the events ending them keep (migration 0010), but for those a
-                # ``claimed`` row written before that migration holds already.
-                select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.claimed_at)
-                .where(events.c.claimed_at.is_not(None))
+
+        def unstored(instance_id: Any, step_name: Any, attempt: Any) -> Any:
+            """No ``claimed`` row (written before migration 0010) holds this claim already."""
+            return ~(
+                select(stored_claim.c.id)
                 .where(
-                    ~select(stored_claim.c.id)
-                    .where(
-                        stored_claim.c.instance_id == events.c.instance_id,
-                        stored_claim.c.step_name == events.c.step_name,
-                        stored_claim.c.kind == EventKind.CLAIMED.value,
-                        stored_claim.c.attempt == events.c.attempt,
-                    )
-                    .exists()
+                    stored_claim.c.instance_id == instance_id,
+                    stored_claim.c.step_name == step_name,
+                    stored_claim.c.kind == EventKind.CLAIMED.value,
+                    stored_claim.c.attempt == attempt,
                 )
+                .exists()
             )
-            .subquery()
-        )
+
+        claim_rows = union_all(
+            select(
+                events.c.instance_id, events.c.step_name, events.c.attempt, events.c.at.label("claimed")
+            ).where(events.c.kind == EventKind.CLAIMED.value),
+            # The claims the events ending them keep (migration 0010).
+            select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.claimed_at)
+            .where(events.c.claimed_at.is_not(None))
+            .where(unstored(events.c.instance_id, events.c.step_name, events.c.attempt)),
+            # The claims SUCCEEDED rows keep, with the successes no event holds.
+            select(steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.started_at).where(
+                steps.c.state == Status.SUCCEEDED.value,
+                steps.c.worker_id.is_not(None),
+                steps.c.started_at.is_not(None),
+                not_(step_success_logged()),
+                unstored(steps.c.instance_id, steps.c.name, steps.c.attempt),
+            ),
+        ).subquery()
         #: Every claim recorded, per step in the order they were made.
         self.claims: Select = select(claim_rows).order_by(
             claim_rows.c.instance_id, claim_rows.c.step_name, claim_rows.c.claimed
@@ -181,6 +193,21 @@ def _times_per_step(kind: EventKind) -> Subquery:
         select(events.c.instance_id, events.c.step_name, func.count().label("times"))
         .where(events.c.kind == kind.value)
         .group_by(events.c.instance_id, events.c.step_name)
+        .subquery()
+    )
+
+
+def _successes_per_step() -> Subquery:
+    """(instance_id, step_name, times): how many successes each step has: its ``succeeded``
+    lines, and the one its SUCCEEDED row holds if no line does (see :mod:`..timeline`)."""
+    lines = select(events.c.instance_id, events.c.step_name).where(events.c.kind == EventKind.SUCCEEDED.value)
+    held = select(steps.c.instance_id, steps.c.name).where(
+        steps.c.state == Status.SUCCEEDED.value, not_(step_success_logged())
+    )
+    every = lines.union_all(held).subquery()
+    return (
+        select(every.c.instance_id, every.c.step_name, func.count().label("times"))
+        .group_by(every.c.instance_id, every.c.step_name)
         .subquery()
     )
 
