@@ -201,3 +201,7 @@ def test_retry_from_a_map_fans_out_afresh(broker):
         "squares[2]",
     ]
     assert wf.CALLS[("square", 1)] == 2
+    # The first items' successes stay in the history, though their rows went with the fan-out.
+    lines = [(e.kind, e.step_name) for e in broker.instance_events(instance_id)]
+    assert [lines.count(("succeeded", f"squares[{i}]")) for i in range(3)] == [2, 2, 2]
+    assert lines.count(("succeeded", "squares")) == 2
