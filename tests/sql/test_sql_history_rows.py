@@ -182,12 +182,15 @@ def test_a_reset_stores_the_successes_it_erases_dated_when_they_happened(
         (n, before[n].at, worker, 1) for n in "abcd"
     ]
     assert [e.kind for e in history if e.step_name == "b"][-2:] == ["repaired", "queued"]
+    assert all(a.at <= b.at for a, b in pairwise(history))  # the stored successes at their dates
     run_all(broker, worker, fast=fast)
 
     lines = listed(broker, instance_id)
     assert lines.count(("succeeded", "b")) == lines.count(("succeeded", "d")) == 2
     assert lines.count(("succeeded", "a")) == lines.count(("succeeded", "c")) == 1
-    assert [e.attempt for e in broker.instance_events(instance_id) if e.kind == "succeeded"][-2:] == [2, 2]
+    history = broker.instance_events(instance_id)
+    assert [e.attempt for e in history if e.kind == "succeeded"][-2:] == [2, 2]
+    assert all(a.at <= b.at for a, b in pairwise(history))
     assert verify(broker.engine) == []
 
 

@@ -50,18 +50,20 @@ def timeline(
         if row.kind == _CLAIMED or row.claimed_at is not None:
             # A claimed row: stored before migration 0010, or by a cancel or a repair.
             claims.add((row.step_name, row.attempt))
-        if row.kind == _SUCCEEDED:
-            succeeded[row.step_name] = max(aware(row.at), succeeded.get(row.step_name, aware(row.at)))
-        lines.append(
-            InstanceEvent(
-                at=aware(row.at),  # type: ignore[arg-type]
-                kind=row.kind,
-                step_name=row.step_name,
-                attempt=row.attempt,
-                worker_id=row.worker_id,
-                detail=row.detail,
-            )
+        line = InstanceEvent(
+            at=aware(row.at),  # type: ignore[arg-type]
+            kind=row.kind,
+            step_name=row.step_name,
+            attempt=row.attempt,
+            worker_id=row.worker_id,
+            detail=row.detail,
         )
+        if row.kind == _SUCCEEDED:
+            succeeded[row.step_name] = max(line.at, succeeded.get(row.step_name, line.at))
+            # By its date: a success a reset stored is written after lines that followed it.
+            _place(lines, line, ties_first=True)
+        else:
+            lines.append(line)
     for step in rows:
         told = step.state == _SUCCEEDED_STATE and not _success_held(succeeded.get(step.name), step)
         claimed = step.started_at is not None and step.worker_id is not None
