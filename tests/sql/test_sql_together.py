@@ -76,3 +76,24 @@ def test_nothing_stays_open_after_the_round_trip(database: PostgresDatabase) -> 
     with _driver_connection(database) as raw:
         status = raw.info.transaction_status
     assert status == psycopg.pq.TransactionStatus.IDLE
+
+
+def test_a_statement_the_server_lost_runs_again_on_new_connections(
+    broker_factory_postgres: Callable[..., SqlBroker],
+) -> None:
+    """psycopg believes a statement prepared that the server no longer holds (a worker met it
+    right after a full disk): the operation runs once more on new connections instead of
+    failing. ``DEALLOCATE ALL`` inside a DO block empties the server's side unseen."""
+    broker = broker_factory_postgres(connections=1)
+    database = broker.db
+    assert isinstance(database, PostgresDatabase)
+    statement = "SELECT 2 + %(x)s"
+    for run in (lambda: database.rows(statement, {"x": 1}),
+                lambda: database.together([(statement, {"x": 1})])[0]):  # fmt: skip
+        for _ in range(6):  # psycopg prepares a statement at its fifth run on a connection
+            database.rows(statement, {"x": 1})
+        with _driver_connection(database) as raw:
+            raw.execute("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$")
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                raw.execute(statement, {"x": 1})  # what every later run met
+        assert run() == [(3,)]

@@ -12,6 +12,7 @@ anything else (a bug) passes through unchanged.
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,8 @@ from .engine import behind_transaction_pooler, database_error, mask_url
 from .listener import WorkListener
 from .pg_connections import BudgetExhausted, ConnectionBudget
 from .queries import events as event_queries
+
+logger = logging.getLogger(__name__)
 
 #: How often an idle worker on SQLite looks for work.
 SQLITE_POLL_SECONDS = 0.1
@@ -135,18 +138,34 @@ class PostgresDatabase(Database):
         return self._on_a_connection(run)
 
     def _on_a_connection(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        """``work`` on one of the budget's connections; once more, on fresh connections, if the
+        server lacks a statement psycopg prepared on that one. Such a statement failed at its
+        start, so nothing took effect and it can run again, and a new connection prepares afresh (a
+        worker stopped on this right after a full disk). Behind an undeclared transaction
+        pooler the error comes back, and the second one is raised with what to do."""
         try:
-            connection = self.budget.take()
             try:
-                return work(connection.connection.driver_connection)
-            finally:
-                self.budget.give_back(connection)
+                return self._lent(work)
+            except psycopg.errors.InvalidSqlStatementName as exc:
+                logger.warning("%s on %s; running it again on new connections", exc, self.url)
+                return self._lent(work)
         except psycopg.Error as exc:
             raise self.translate(exc) from None
         except BudgetExhausted as exc:
             raise DatabaseUnavailable(f"database busy on {self.url}: {exc}") from None
         except DBAPIError as exc:  # opening the budget
             raise self.translate(exc) from None
+
+    def _lent(self, work: Callable[[psycopg.Connection], Any]) -> Any:
+        connection = self.budget.take()
+        raw = connection.connection.driver_connection
+        try:
+            return work(raw)
+        except psycopg.errors.InvalidSqlStatementName:
+            raw.close()  # psycopg's prepared statements and the server's differ: the budget reopens
+            raise
+        finally:
+            self.budget.give_back(connection)
 
     def wait_for_work(self, timeout: float) -> bool:
         if self.listener is None:
