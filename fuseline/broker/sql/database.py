@@ -138,11 +138,12 @@ class PostgresDatabase(Database):
         return self._on_a_connection(run)
 
     def _on_a_connection(self, work: Callable[[psycopg.Connection], Any]) -> Any:
-        """``work`` on one of the budget's connections; once more, on fresh connections, if the
-        server lacks a statement psycopg prepared on that one. Such a statement failed at its
-        start, so nothing took effect and it can run again, and a new connection prepares afresh (a
-        worker stopped on this right after a full disk). Behind an undeclared transaction
-        pooler the error comes back, and the second one is raised with what to do."""
+        """``work`` on one of the budget's connections; once more, on fresh connections, if
+        the server lacks a statement psycopg prepared on that one. Such a statement fails at
+        its start, so nothing took effect and it can run again, and a new connection
+        prepares afresh (a worker stopped on this right after a full disk). Behind an
+        undeclared transaction pooler the error comes back, and the second one is raised
+        with what to do."""
         try:
             try:
                 return self._lent(work)

@@ -203,6 +203,11 @@ _SUCCEED_IF_HELD = """
 #: A child instance's end also ends its parent's SubWorkflow step: the general path finalizes it.
 _NOT_A_CHILD = "\n                                 AND parent_instance_id IS NULL"
 
+#: The history lines of the successors ``queued`` queued (a success writes none: its row holds
+#: it, see :mod:`.timeline`).
+_LOG_QUEUED = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name)
+        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM queued"""  # noqa: S608
+
 #: Accept a success and queue the successors that depend on this step alone; a fan-out wakes
 #: idle workers (this worker takes one successor itself). The success writes no line (its row
 #: holds it: :mod:`.timeline`); each successor queued does.
@@ -219,8 +224,7 @@ step_succeed_and_queue = _compact(f"""
         RETURNING s.instance_id, s.name
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM queued
+        {_LOG_QUEUED}
     ),
     announced AS (
         SELECT pg_notify('fuseline_work', '') FROM (SELECT count(*) AS n FROM queued) q WHERE q.n > 1
@@ -331,8 +335,7 @@ steps_succeed_batch = _compact(f"""
          WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
     ),
     logged AS (
-        INSERT INTO fuseline_events (instance_id, at, kind, step_name)
-        SELECT instance_id, clock_timestamp(), '{_QUEUED}', name FROM queued
+        {_LOG_QUEUED}
     ),
     -- Other workers may take some of the steps this batch queued.
     announced AS (

@@ -141,6 +141,29 @@ def told_by_rows(*leading: ColumnElement[Any]) -> Select:
     )
 
 
+def claim_stored(
+    instance_id: ColumnElement[Any],
+    step_name: ColumnElement[Any],
+    attempt: ColumnElement[Any],
+    *,
+    since: ColumnElement[Any] | None = None,
+) -> Exists:
+    """Whether a ``claimed`` row (written before migration 0010, or by a cancel or a repair)
+    holds this claim already (dated ``since`` or later, if given)."""
+    stored = events.alias("stored_claim")
+    return (
+        select(stored.c.id)
+        .where(
+            stored.c.instance_id == instance_id,
+            stored.c.step_name == step_name,
+            stored.c.kind == EventKind.CLAIMED.value,
+            stored.c.attempt == attempt,
+            *([] if since is None else [stored.c.at >= since]),
+        )
+        .exists()
+    )
+
+
 def step_success_logged() -> Exists:
     """Whether the step row's success has a line: one dated no earlier than it. A line written
     with the success is dated when it was written, after the row's ``finished_at``; a success
@@ -159,16 +182,8 @@ def step_success_logged() -> Exists:
 
 def _running_claims(*which: ColumnElement[bool]) -> Insert:
     # A claim made before migration 0010 has a ``claimed`` row already.
-    logged_already = (
-        select(events.c.id)
-        .where(
-            events.c.instance_id == steps.c.instance_id,
-            events.c.step_name == steps.c.name,
-            events.c.kind == EventKind.CLAIMED.value,
-            events.c.attempt == steps.c.attempt,
-            events.c.at >= steps.c.started_at,
-        )
-        .exists()
+    logged_already = claim_stored(
+        steps.c.instance_id, steps.c.name, steps.c.attempt, since=steps.c.started_at
     )
     running = select(
         steps.c.instance_id,

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from ....states import UNFINISHED_STATES, EventKind, Status
 from ..dialects import Dialect, dialect_of
 from ..models import events, instances, signals, steps, workflows
-from .events import step_success_logged
+from .events import claim_stored, step_success_logged
 
 
 class VerifyQueries:
@@ -54,36 +54,22 @@ class VerifyQueries:
             .select_from(queued.outerjoin(reopened, reopened.c.instance_id == queued.c.instance_id))
             .where(queued.c.times > 1 + func.coalesce(reopened.c.retries, 0))
         )
-        stored_claim = events.alias("stored_claim")
-
-        def unstored(instance_id: Any, step_name: Any, attempt: Any) -> Any:
-            """No ``claimed`` row (written before migration 0010) holds this claim already."""
-            return ~(
-                select(stored_claim.c.id)
-                .where(
-                    stored_claim.c.instance_id == instance_id,
-                    stored_claim.c.step_name == step_name,
-                    stored_claim.c.kind == EventKind.CLAIMED.value,
-                    stored_claim.c.attempt == attempt,
-                )
-                .exists()
-            )
-
         claim_rows = union_all(
             select(
                 events.c.instance_id, events.c.step_name, events.c.attempt, events.c.at.label("claimed")
             ).where(events.c.kind == EventKind.CLAIMED.value),
-            # The claims the events ending them keep (migration 0010).
+            # The claims the events ending them keep (migration 0010), but those a ``claimed``
+            # row holds already.
             select(events.c.instance_id, events.c.step_name, events.c.attempt, events.c.claimed_at)
             .where(events.c.claimed_at.is_not(None))
-            .where(unstored(events.c.instance_id, events.c.step_name, events.c.attempt)),
+            .where(not_(claim_stored(events.c.instance_id, events.c.step_name, events.c.attempt))),
             # The claims SUCCEEDED rows keep, with the successes no event holds.
             select(steps.c.instance_id, steps.c.name, steps.c.attempt, steps.c.started_at).where(
                 steps.c.state == Status.SUCCEEDED.value,
                 steps.c.worker_id.is_not(None),
                 steps.c.started_at.is_not(None),
                 not_(step_success_logged()),
-                unstored(steps.c.instance_id, steps.c.name, steps.c.attempt),
+                not_(claim_stored(steps.c.instance_id, steps.c.name, steps.c.attempt)),
             ),
         ).subquery()
         #: Every claim recorded, per step in the order they were made.
