@@ -13,26 +13,18 @@ has reports.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy.engine import URL
 
-from fuseline.broker.base import StepReport
 from fuseline.broker.sql import SqlBroker, pg_statements
-from fuseline.broker.sql.database import PostgresDatabase
-from fuseline.states import Status
+from tests.sql.plans import capture, explain_analyze, nodes, successes
 from tests.sql.workflows import diamond
 
 REPORTS = 60
-
-
-class Captured(Exception):
-    """Stops a report call once its batch statement's parameters are captured."""
 
 
 def captured_batch(broker: SqlBroker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
@@ -43,51 +35,11 @@ def captured_batch(broker: SqlBroker, monkeypatch: pytest.MonkeyPatch, tmp_path:
     worker = broker.register_worker([schema])
     held = broker.get_steps(worker, REPORTS)
     assert len(held) == REPORTS
-    sent: list[dict[str, Any]] = []
-    run = PostgresDatabase.rows
-
-    def capture(db: PostgresDatabase, sql: str, params: dict[str, Any]) -> Any:
-        if sql != pg_statements.steps_succeed_batch:
-            return run(db, sql, params)
-        sent.append(params)
-        raise Captured  # before the broker would send the refused reports one by one
-
-    monkeypatch.setattr(PostgresDatabase, "rows", capture)
-    reports = [
-        StepReport(
-            a.workflow_id,
-            a.instance_id,
-            a.step_name,
-            Status.SUCCEEDED,
-            n,
-            attempt=a.attempt,
-            version=a.version,
-        )
-        for n, a in enumerate(held)
-    ]
-    with pytest.raises(Captured):
-        broker.report_steps(worker, reports)
-    monkeypatch.undo()
-    assert len(sent) == 1, "the reports did not go out as one batch statement"
-    return sent[0]
-
-
-def as_prepared(sql: str) -> tuple[str, list[str]]:
-    """``sql`` with its ``%(name)s`` parameters numbered ``$1``..., and the names in that order."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return re.sub(r"%\((\w+)\)s", number, sql), names
-
-
-def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from nodes(child)
+    reports = successes(held, range(len(held)))
+    _, params = capture(
+        monkeypatch, [pg_statements.steps_succeed_batch], lambda: broker.report_steps(worker, reports)
+    )
+    return params
 
 
 def test_a_batch_of_successes_under_a_generic_plan_runs_no_node_more_often_than_it_has_reports(
@@ -97,19 +49,8 @@ def test_a_batch_of_successes_under_a_generic_plan_runs_no_node_more_often_than_
     tmp_path: Path,
 ) -> None:
     params = captured_batch(broker_factory_postgres(listen=False), monkeypatch, tmp_path)
-    statement, names = as_prepared(pg_statements.steps_succeed_batch)
-    arguments = ", ".join(f"%({name})s" for name in names)
     dsn = postgres_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as conn:  # one transaction, rolled back: EXPLAIN ANALYZE writes
-        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        conn.execute(f"PREPARE batch AS {statement}")
-        # the arguments inlined as literals, which EXECUTE casts to the statement's types
-        inlined = psycopg.ClientCursor(conn)
-        (explained,) = inlined.execute(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE batch({arguments})", params
-        ).fetchone()
-        conn.rollback()
-    plan = (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
+    plan = explain_analyze(dsn, pg_statements.steps_succeed_batch, params, cache_mode="force_generic_plan")
     assert plan["Actual Rows"] == REPORTS, "the plan checked did not accept the batch"
     rows = REPORTS + len(params["p_q_ns"])  # the reports and the successors they queue
     busiest = max(nodes(plan), key=lambda node: node.get("Actual Loops", 0))

@@ -7,8 +7,8 @@ step, queues its successors or finishes the instance, and appends the
 events (a claim, a success and a dispatch append none: the rows hold them; see
 :mod:`.history` and :mod:`.timeline`), run in autocommit mode (the statement is its own
 transaction). They take the same locks in the same order as the general
-path (the instance first, through the scalar subquery the step update
-evaluates before it touches a step row), so both paths can serve one
+path (the instance first, through the locking CTE the step update reads
+before it touches a step row), so both paths can serve one
 instance at once, and
 ``tests/sql/test_sql_statement_twins.py`` checks that each leaves the same
 rows as its general twin.
@@ -183,25 +183,34 @@ step_claim_after_report = _claim(
                           AND r.reported_by = CAST(%(p_worker_id)s AS uuid))""",
 )
 
-#: The fenced success of the general path (``step_finish_if_held``), as the first CTE of the
+#: The fenced success of the general path (``step_finish_if_held``), as the first CTEs of the
 #: statements below: the instance is locked first, then the step the worker holds is updated.
+#: The instance is found by its id alone, its workflow and version checked on the step row (which
+#: carries them): on a table not analyzed yet, PostgreSQL priced "this id of this workflow" the
+#: same through the workflow's index as through the primary key, took the workflow's, and read
+#: every instance of the workflow per report (tests/sql/test_sql_plans_unanalyzed.py). For the
+#: same reason the instance's status is read from the row locked here, not matched again where
+#: the instance is ended.
 _SUCCEED_IF_HELD = """
+    held AS MATERIALIZED (
+        SELECT id, status FROM fuseline_instances
+         WHERE id = CAST(%(p_instance_id)s AS uuid){only}
+           FOR NO KEY UPDATE
+    ),
     done AS (
         UPDATE fuseline_steps
            SET state = 'SUCCEEDED', result = %(p_result)s, error = NULL, action = NULL,
                reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
                finished_at = clock_timestamp()
-         WHERE instance_id = (SELECT id FROM fuseline_instances
-                               WHERE id = CAST(%(p_instance_id)s AS uuid)
-                                 AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s{only}
-                                 FOR NO KEY UPDATE)
+         WHERE instance_id = (SELECT id FROM held)
+           AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
            AND name = %(p_name)s AND state = 'RUNNING'
            AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
         RETURNING instance_id, attempt, finished_at
     )"""
 
 #: A child instance's end also ends its parent's SubWorkflow step: the general path finalizes it.
-_NOT_A_CHILD = "\n                                 AND parent_instance_id IS NULL"
+_NOT_A_CHILD = " AND parent_instance_id IS NULL"
 
 #: The history lines of the successors ``queued`` queued (a success writes none: its row holds
 #: it, see :mod:`.timeline`).
@@ -269,7 +278,7 @@ step_succeed_and_finish = _compact(f"""
            SET status = 'SUCCEEDED', result = %(p_result)s,
                finished_at = done.finished_at, updated_at = done.finished_at
           FROM done
-         WHERE i.id = done.instance_id AND i.status = 'RUNNING'
+         WHERE i.id = done.instance_id AND (SELECT status FROM held) = 'RUNNING'
     )
     SELECT attempt FROM done
 """)  # noqa: S608
@@ -277,10 +286,11 @@ step_succeed_and_finish = _compact(f"""
 #: A batch of successes (parallel arrays, one entry per report, numbered by ``p_ns``; the
 #: successors to queue flattened into ``p_q_*`` arrays that point at their report's number).
 #: The instances are locked first, in id order, so two batches never wait for each other in a
-#: cycle. Every report is matched by joins (hashed or probed through an index), never by a scan
-#: of the batch per report: a generic plan estimates any batch at ten reports, and a per-report
-#: scan made the statement cubic in the batch (see ``slotreports.MAX_BATCH``). Returns the
-#: numbers of the reports accepted.
+#: cycle (found by id alone, their status taken from the locked rows: see ``_SUCCEED_IF_HELD``).
+#: Every report is matched by joins (hashed or probed through an index), never by a scan of the
+#: batch per report: a generic plan estimates any batch at ten reports, and a per-report scan
+#: made the statement cubic in the batch (see ``slotreports.MAX_BATCH``). Returns the numbers of
+#: the reports accepted.
 steps_succeed_batch = _compact(f"""
     WITH r AS MATERIALIZED (
         SELECT * FROM unnest(CAST(%(p_ns)s AS integer[]), CAST(%(p_instance_ids)s AS uuid[]),
@@ -291,17 +301,17 @@ steps_succeed_batch = _compact(f"""
                AS r(n, instance_id, workflow_id, version, name, attempt, result, finishes, item_of)
     ),
     locked AS MATERIALIZED (
-        SELECT i.id, i.parent_instance_id
-          FROM (SELECT DISTINCT instance_id, workflow_id, version FROM r WHERE item_of IS NULL) k
-          JOIN fuseline_instances i
-            ON i.id = k.instance_id AND i.workflow_id = k.workflow_id AND i.version = k.version
+        SELECT i.id, i.parent_instance_id, i.status
+          FROM (SELECT DISTINCT instance_id FROM r WHERE item_of IS NULL) k
+          JOIN fuseline_instances i ON i.id = k.instance_id
          ORDER BY i.id
            FOR NO KEY UPDATE OF i
     ),
     -- The reports this statement may accept: a Map item needs no instance lock (as in
     -- item_succeed), any other report its locked instance.
     acceptable AS MATERIALIZED (
-        SELECT r.* FROM r LEFT JOIN locked ON locked.id = r.instance_id
+        SELECT r.*, locked.status = 'RUNNING' AS instance_running
+          FROM r LEFT JOIN locked ON locked.id = r.instance_id
          WHERE r.item_of IS NOT NULL
             OR (locked.id IS NOT NULL AND (NOT r.finishes OR locked.parent_instance_id IS NULL))
     ),
@@ -312,9 +322,11 @@ steps_succeed_batch = _compact(f"""
                finished_at = clock_timestamp()
           FROM acceptable r
          WHERE s.instance_id = r.instance_id AND s.name = r.name
+           AND s.workflow_id = r.workflow_id AND s.version = r.version
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
-        RETURNING r.n, s.instance_id, s.name, s.attempt, s.finished_at, r.result, r.finishes, r.item_of
+        RETURNING r.n, s.instance_id, s.name, s.attempt, s.finished_at, r.result, r.finishes, r.item_of,
+                  r.instance_running
     ),
     queued AS (
         UPDATE fuseline_steps s
@@ -332,7 +344,7 @@ steps_succeed_batch = _compact(f"""
            SET status = 'SUCCEEDED', result = done.result,
                finished_at = done.finished_at, updated_at = done.finished_at
           FROM done
-         WHERE done.finishes AND i.id = done.instance_id AND i.status = 'RUNNING'
+         WHERE done.finishes AND done.instance_running AND i.id = done.instance_id
     ),
     logged AS (
         {_LOG_QUEUED}

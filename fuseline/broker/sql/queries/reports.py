@@ -11,7 +11,7 @@ from functools import cache
 
 from sqlalchemy import ColumnElement, Select, Update, bindparam, func, select, update
 
-from ....states import Status
+from ....states import FINAL_STATES, Status
 from ...scheduling import SIGNALS_QUEUE, TIMERS_QUEUE
 from ..dialects import Dialect, dialect_of
 from ..models import instances, steps
@@ -120,10 +120,17 @@ class ReportQueries:
             .values(state=Status.SUCCEEDED.value, result="null", started_at=now, finished_at=now)
             .returning(steps.c.name)
         )
-        #: Finalize exactly once: only a RUNNING instance moves to a final status.
+        #: Finalize exactly once: only a RUNNING instance moves to a final status. "Not final"
+        #: rather than "= RUNNING" (an instance has no other unfinished status): PostgreSQL
+        #: cannot read that through the status index, which a planner without statistics on
+        #: the table (the first minute of a new database) found as cheap as the primary key
+        #: and scanned every RUNNING instance with (tests/sql/test_sql_plans_unanalyzed.py).
         self.instance_finish: Update = (
             update(instances)
-            .where(instances.c.id == bindparam("p_instance_id"), instances.c.status == RUNNING)
+            .where(
+                instances.c.id == bindparam("p_instance_id"),
+                instances.c.status.not_in(sorted(s.value for s in FINAL_STATES)),
+            )
             .values(
                 status=bindparam("p_status"),
                 result=bindparam("p_result"),
