@@ -96,8 +96,10 @@ def fresh_sqlite(folder: Path) -> str:
     return url
 
 
-def checkpoint(url: str) -> None:
-    """Write back what earlier figures left dirty, and give the planner the tables' statistics.
+def checkpoint(url: str, *, analyze: bool = True) -> None:
+    """Write back what earlier figures left dirty, and give the planner the tables' statistics
+    (unless ``analyze`` is false: the figure is how a new database drains before autovacuum
+    first analyzes it).
 
     Empty tables are not vacuumed nor analyzed: their statistics would say they stay empty,
     and plans made then (a foreign key's check among them) scan the table whole however much
@@ -107,7 +109,7 @@ def checkpoint(url: str) -> None:
     if url.startswith("postgresql"):
         with psycopg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE, autocommit=True) as conn:
             filled = conn.execute("SELECT EXISTS (SELECT 1 FROM fuseline_instances)").fetchone()
-            if filled and filled[0]:
+            if analyze and filled and filled[0]:
                 conn.execute("VACUUM ANALYZE")
             conn.execute("CHECKPOINT")
 
@@ -137,12 +139,14 @@ def _worker(
         broker.close()
 
 
-def drain(url: str, workflow: str, instances: int, processes: int, prefetch: int = 1) -> dict[str, float]:
+def drain(
+    url: str, workflow: str, instances: int, processes: int, prefetch: int = 1, *, analyze: bool = True
+) -> dict[str, float]:
     """Dispatch ``instances`` first, then time ``processes`` workers draining them
-    (each claiming ``prefetch`` steps at a time)."""
+    (each claiming ``prefetch`` steps at a time), on analyzed tables unless ``analyze`` is false."""
     wf = WORKFLOWS[workflow]
     dispatch_backlog(url, workflow, instances)
-    checkpoint(url)
+    checkpoint(url, analyze=analyze)
     seconds = run_workers(url, workflow, processes, prefetch)
     steps = instances * len(wf.steps)
     return {"seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 1)}
@@ -409,6 +413,8 @@ def main() -> None:
     q = args.quick
     sizes = {
         "noop": 1000 if q else 10_000,
+        # Few enough that the planner's guess for tables never analyzed is a few hundred rows.
+        "unanalyzed": 1000 if q else 5_000,
         "chains": 200 if q else 2_000,
         "pickup": 40 if q else 200,
         "one_by_one": 300 if q else 3_000,
@@ -440,6 +446,11 @@ def main() -> None:
         for c in (1, 4):
             record(f"pg_drain_noop_prefetch10_c{c}", lambda c=c: drain(pg(), "noop", sizes["noop"], c, 10))
         record("pg_drain_chain3_prefetch10_c4", lambda: drain(pg(), "chain", sizes["chains"], 4, 10))
+        # A new database before autovacuum first analyzes it (up to a minute after a burst).
+        record(
+            "pg_drain_noop_unanalyzed_c4",
+            lambda: drain(pg(), "noop", sizes["unanalyzed"], 4, analyze=False),
+        )
         record("pg_pickup", lambda: pickup(pg(), sizes["pickup"]))
         record("pg_pickup_no_listen", lambda: pickup(pg(), max(20, sizes["pickup"] // 4), listen=False))
         record("pg_claim_report_ms", lambda: claim_report_cost(pg(), sizes["history"], sizes["cost_steps"]))

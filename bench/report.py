@@ -168,6 +168,10 @@ def main() -> int:
             fmt(dig(fuseline, "pg_drain_chain3_prefetch10_c4", "seconds"), "s"),
         ),
         (
+            "no-op drain, 4 workers, 5,000 instances on tables not analyzed yet (a new database)",
+            fmt(dig(fuseline, "pg_drain_noop_unanalyzed_c4", "steps_per_s"), "/s"),
+        ),
+        (
             "no-op drain, 4 workers, SQL ceiling in one transaction",
             fmt(dig(ceiling, "claim_complete_1tx_c4_per_s"), "/s"),
         ),
