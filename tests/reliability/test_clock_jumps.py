@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -268,6 +269,12 @@ def scheduled_ticks(engine: sa.Engine) -> list[tuple[datetime, str]]:
     return ticks
 
 
+#: Serial: a tick nobody fired while it was due is skipped by design (DESIGN.md: "ticks missed
+#: while nothing ran: only the latest fires"), and each worker looks at most every 0.5 s; on the
+#: machine loaded by the parallel part of `make test` both workers once stalled for over a second
+#: and one tick of eleven was skipped. The test checks ticks against the database's clock, which
+#: needs workers that get the CPU.
+@pytest.mark.serial
 def test_an_every_1_schedule_fires_once_per_database_second_while_the_worker_clock_jumps(
     postgres_url: URL, tmp_path: Path
 ) -> None:
