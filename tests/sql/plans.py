@@ -17,6 +17,7 @@ import pytest
 from fuseline.broker.base import StepAssignment, StepReport
 from fuseline.broker.sql.database import PostgresDatabase
 from fuseline.states import Status
+from tests.contract.support import report
 
 
 def as_prepared(sql: str) -> tuple[str, list[str]]:
@@ -91,16 +92,9 @@ def capture(
 
 
 def successes(held: Sequence[StepAssignment], results: Sequence[object]) -> list[StepReport]:
-    """The success reports of the steps ``held``, with these results (one each)."""
+    """The success reports of the steps ``held``, with these results (one each), as a
+    ProcessEngine sends them (with the version: the broker's one-statement path)."""
     return [
-        StepReport(
-            a.workflow_id,
-            a.instance_id,
-            a.step_name,
-            Status.SUCCEEDED,
-            result,
-            attempt=a.attempt,
-            version=a.version,
-        )
+        report(a, Status.SUCCEEDED, result, version=a.version)
         for a, result in zip(held, results, strict=True)
     ]
