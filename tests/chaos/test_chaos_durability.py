@@ -35,6 +35,7 @@ from tests.chaos.conftest import migrated_postgres
 from tests.chaos.server import OwnServer
 from tests.conftest import url_text
 from tests.contract import workflows as wf
+from tests.contract.support import report
 
 pytestmark = pytest.mark.slow
 
@@ -98,15 +99,7 @@ class Call(threading.Thread):
 
 
 def ok(assignment: Any, result: Any) -> StepReport:
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.SUCCEEDED,
-        result,
-        attempt=assignment.attempt,
-        version=assignment.version,
-    )
+    return report(assignment, Status.SUCCEEDED, result, version=assignment.version)
 
 
 def waits_for_the_flush(server: OwnServer, call: Callable[[], Any]) -> Any:

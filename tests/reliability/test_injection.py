@@ -25,6 +25,7 @@ from fuseline import Status, Step, StepReport, Workflow
 from fuseline.broker.sql import SqlBroker
 from fuseline.errors import WorkflowDefinitionError
 from fuseline.workflow.schema import WorkflowSchema
+from tests.contract.support import report
 from tests.reliability import flows
 from tests.reliability.support import FLOWS, RUFF, execute, fuseline, ok, table_names
 
@@ -122,15 +123,7 @@ def test_hostile_names_and_inputs_round_trip_through_the_cli_and_the_api(
 
 
 def _success(assignment: Any, result: Any) -> StepReport:
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.SUCCEEDED,
-        result,
-        attempt=assignment.attempt,
-        version=assignment.version,
-    )
+    return report(assignment, Status.SUCCEEDED, result, version=assignment.version)
 
 
 class Echo(Step):

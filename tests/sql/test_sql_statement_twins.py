@@ -28,6 +28,7 @@ from fuseline.states import Status
 from fuseline.workflow import Workflow
 from tests.conftest import FUSELINE_TABLES
 from tests.contract import workflows as wf
+from tests.contract.support import report
 
 Scenario = Callable[[SqlBroker, str], list[str]]
 
@@ -49,15 +50,7 @@ def general_step_writes(broker: SqlBroker) -> Iterator[list[str]]:
 
 
 def ok(assignment: StepAssignment, result: Any) -> StepReport:
-    return StepReport(
-        assignment.workflow_id,
-        assignment.instance_id,
-        assignment.step_name,
-        Status.SUCCEEDED,
-        result,
-        attempt=assignment.attempt,
-        version=assignment.version,
-    )
+    return report(assignment, Status.SUCCEEDED, result, version=assignment.version)
 
 
 def snapshot(url: URL, instance_ids: list[str], roles: dict[str, str]) -> list[dict[str, Any]]:
