@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import URL
 
 from fuseline.broker.base import StepAssignment, StepReport
 from fuseline.broker.sql.database import PostgresDatabase
@@ -39,8 +40,9 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def explain_analyze(dsn: str, statement: str, params: dict[str, Any], *, cache_mode: str) -> dict[str, Any]:
-    """The plan (JSON, its top node) ``statement`` ran with, prepared with ``params`` under
-    ``plan_cache_mode = cache_mode``; in one transaction, rolled back (EXPLAIN ANALYZE writes)."""
+    """The plan (JSON, its top node, with buffer counts) ``statement`` ran with, prepared with
+    ``params`` under ``plan_cache_mode = cache_mode``; in one transaction, rolled back (EXPLAIN
+    ANALYZE writes)."""
     prepared, names = as_prepared(statement)
     arguments = ", ".join(f"%({name})s" for name in names)
     with psycopg.connect(dsn) as conn:
@@ -49,7 +51,7 @@ def explain_analyze(dsn: str, statement: str, params: dict[str, Any], *, cache_m
         # the arguments inlined as literals, which EXECUTE casts to the statement's types
         inlined = psycopg.ClientCursor(conn)
         (explained,) = inlined.execute(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE checked({arguments})", params
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE checked({arguments})", params
         ).fetchone()
         conn.rollback()
     return (explained if isinstance(explained, list) else json.loads(explained))[0]["Plan"]
@@ -60,6 +62,48 @@ def rows_read(node: dict[str, Any]) -> int:
     per_run = node.get("Actual Rows", 0) + node.get("Rows Removed by Filter", 0)
     per_run += node.get("Rows Removed by Join Filter", 0) + node.get("Rows Removed by Index Recheck", 0)
     return per_run * max(1, node.get("Actual Loops", 1))
+
+
+def pages_per_run(node: dict[str, Any]) -> float:
+    """The pages a scan touched per run, not counting the nodes below it (EXPLAIN counts theirs
+    in): an index read whole to find one entry shows here, where its rows do not (a condition
+    on an index's later column is checked inside the index, not counted as rows removed)."""
+
+    def pages(of: dict[str, Any]) -> int:
+        return of.get("Shared Hit Blocks", 0) + of.get("Shared Read Blocks", 0)
+
+    own = pages(node) - sum(pages(child) for child in node.get("Plans", []))
+    return own / max(1, node.get("Actual Loops", 1))
+
+
+def table_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The nodes of ``plan`` that read a table or an index (not the statement's own rows)."""
+    return [node for node in nodes(plan) if "Relation Name" in node]
+
+
+def assert_reads_at_most(plan: dict[str, Any], most: int) -> None:
+    """No scan of a table in ``plan`` reads more than ``most`` rows (joins of the statement's own
+    rows with each other are not counted: they read no table)."""
+    busiest = max(table_scans(plan), key=rows_read)
+    assert rows_read(busiest) <= most, (
+        f"{busiest['Node Type']} on {busiest.get('Index Name') or busiest.get('Relation Name')} read "
+        f"{rows_read(busiest)} rows (at most {most}): " + json.dumps(busiest)[:400]
+    )
+
+
+def assert_touches_at_most(plan: dict[str, Any], pages: int) -> None:
+    """No scan of a table in ``plan`` touches more than ``pages`` pages per run (its writes, the
+    index entries an update adds, are not counted)."""
+    busiest = max((node for node in table_scans(plan) if "Scan" in node["Node Type"]), key=pages_per_run)
+    assert pages_per_run(busiest) <= pages, (
+        f"{busiest['Node Type']} on {busiest.get('Index Name') or busiest.get('Relation Name')} touched "
+        f"{pages_per_run(busiest):.0f} pages per run (at most {pages}): " + json.dumps(busiest)[:400]
+    )
+
+
+def dsn(url: URL) -> str:
+    """A libpq connection string for ``url`` (psycopg, not SQLAlchemy)."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Captured(Exception):

@@ -13,7 +13,6 @@ holding a few thousand instances, under custom and generic plans.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from fuseline.broker.base import StepReport
 from fuseline.broker.sql import SqlBroker, pg_statements
 from fuseline.broker.sql.queries.reports import for_dialect
 from fuseline.states import Status
-from tests.sql.plans import capture, explain_analyze, nodes, rows_read, successes
+from tests.sql.plans import assert_reads_at_most, capture, dsn, explain_analyze, nodes, successes
 from tests.support.databases import PostgresServer
 
 #: Enough instances that reading them all is unmistakable, few enough that the planner's guess
@@ -105,16 +104,6 @@ def assert_never_analyzed(url: URL) -> None:
     assert analyzed == [], "the tables were analyzed: this test checks plans made without statistics"
 
 
-def assert_reads_at_most(plan: dict, most: int) -> None:
-    """No scan of a table in ``plan`` reads more than ``most`` rows (joins of the statement's own
-    rows with each other are not counted: they read no table)."""
-    busiest = max((node for node in nodes(plan) if "Relation Name" in node), key=rows_read)
-    assert rows_read(busiest) <= most, (
-        f"{busiest['Node Type']} on {busiest.get('Index Name') or busiest.get('Relation Name')} read "
-        f"{rows_read(busiest)} rows (at most {most}): " + json.dumps(busiest)[:400]
-    )
-
-
 def sent_by_sqlalchemy(url: URL, statement: Executable, values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The SQL text and parameters SQLAlchemy sends the driver for ``statement`` (run in a
     transaction rolled back)."""
@@ -132,10 +121,6 @@ def sent_by_sqlalchemy(url: URL, statement: Executable, values: dict[str, Any]) 
     finally:
         engine.dispose()
     return sent[-1]
-
-
-def dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.mark.parametrize("cache_mode", CACHE_MODES)

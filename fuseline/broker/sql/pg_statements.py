@@ -127,6 +127,12 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
         else:
             pick = "SELECT COALESCE(" + ", ".join(f"(SELECT id FROM ({walk}) AS w)" for walk in walks) + ")"  # noqa: S608
     picked = f"id = ANY(ARRAY({pick}))" if batch or many else f"id = ({pick})"
+    # The picked rows are found again by id alone, with no "state = 'QUEUED'" beside it: that
+    # would make the queued index (id its last column) a way to find them, and when the last
+    # ANALYZE saw the queue empty, PostgreSQL took it and read the whole queued index for each
+    # claim (a burst of 20,000 steps: 3.6 ms a claim, not 1.3; under an old snapshot, every
+    # claimed step's dead entry as well). Nothing is lost: the pick locked each row (FOR
+    # UPDATE) after checking it QUEUED in its latest version, and a locked row cannot change.
     # A claim on its own commits without waiting for the flush; one that shares a report's
     # transaction (``durable``) must not change how that transaction commits.
     nondurable = "" if durable else _NONDURABLE + ","
@@ -140,8 +146,7 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
                lease_expires_at = clock_timestamp() + make_interval(secs => %(p_lease_seconds)s),
                started_at = clock_timestamp()
          {"" if durable else "FROM nondurable"}
-         WHERE {picked}
-           AND state = 'QUEUED'{guard}
+         WHERE {picked}{guard}
         RETURNING id, instance_id, workflow_id, version, name, attempt, inputs_from,
                   started_at, lease_expires_at, available_at, urgency, queue, item
     )
@@ -183,6 +188,17 @@ step_claim_after_report = _claim(
                           AND r.reported_by = CAST(%(p_worker_id)s AS uuid))""",
 )
 
+
+#: How a report's fence says "RUNNING": ``(state = 'RUNNING') IS TRUE`` means the same as
+#: ``state = 'RUNNING'`` (the column is never NULL) but matches no index's predicate. With the
+#: plain form the partial indexes of RUNNING steps (by worker, by lease) could find the step
+#: too, and when the last ANALYZE saw few steps running PostgreSQL priced them below the unique
+#: (instance_id, name) index and took the worker's: each report read every step its worker held
+#: (a 100-slot worker: 100 rows), and under an old snapshot every one it had held since
+#: (tests/sql/test_sql_plans_stale_statistics.py).
+_HELD_RUNNING = "(state = 'RUNNING') IS TRUE"
+
+
 #: The fenced success of the general path (``step_finish_if_held``), as the first CTEs of the
 #: statements below: the instance is locked first, then the step the worker holds is updated.
 #: The instance is found by its id alone, its workflow and version checked on the step row (which
@@ -204,7 +220,7 @@ _SUCCEED_IF_HELD = """
                finished_at = clock_timestamp()
          WHERE instance_id = (SELECT id FROM held)
            AND workflow_id = %(p_workflow_id)s AND version = %(p_version)s
-           AND name = %(p_name)s AND state = 'RUNNING'
+           AND name = %(p_name)s AND {running}
            AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
         RETURNING instance_id, attempt, finished_at
     )"""
@@ -221,7 +237,7 @@ _LOG_QUEUED = f"""INSERT INTO fuseline_events (instance_id, at, kind, step_name)
 #: idle workers (this worker takes one successor itself). The success writes no line (its row
 #: holds it: :mod:`.timeline`); each successor queued does.
 step_succeed_and_queue = _compact(f"""
-    WITH {_SUCCEED_IF_HELD.format(only="")},
+    WITH {_SUCCEED_IF_HELD.format(only="", running=_HELD_RUNNING)},
     queued AS (
         UPDATE fuseline_steps s
            SET state = 'QUEUED', available_at = clock_timestamp(),
@@ -257,7 +273,7 @@ item_succeed = _compact(f"""
                reported_by = CAST(%(p_worker_id)s AS uuid), lease_expires_at = NULL,
                finished_at = clock_timestamp()
          WHERE instance_id = CAST(%(p_instance_id)s AS uuid) AND name = %(p_name)s
-           AND state = 'RUNNING' AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
+           AND {_HELD_RUNNING} AND worker_id = CAST(%(p_worker_id)s AS uuid) AND attempt = %(p_attempt)s
         RETURNING instance_id, attempt
     )
     SELECT attempt,
@@ -272,7 +288,7 @@ item_succeed = _compact(f"""
 #: Accept the success of the step that ends the instance, and end it with its result, at the
 #: moment of the step's success (neither writes a line: their rows hold them, :mod:`.timeline`).
 step_succeed_and_finish = _compact(f"""
-    WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD)},
+    WITH {_SUCCEED_IF_HELD.format(only=_NOT_A_CHILD, running=_HELD_RUNNING)},
     finished AS (
         UPDATE fuseline_instances i
            SET status = 'SUCCEEDED', result = %(p_result)s,
@@ -323,6 +339,9 @@ steps_succeed_batch = _compact(f"""
           FROM acceptable r
          WHERE s.instance_id = r.instance_id AND s.name = r.name
            AND s.workflow_id = r.workflow_id AND s.version = r.version
+           -- The plain "RUNNING" (not _HELD_RUNNING): the worker's running steps, read once
+           -- for the batch, are the way in that keeps PostgreSQL from hashing a scan of the
+           -- whole table when the statistics make it look small.
            AND s.state = 'RUNNING' AND s.worker_id = CAST(%(p_worker_id)s AS uuid)
            AND s.attempt = r.attempt
         RETURNING r.n, s.instance_id, s.name, s.attempt, s.finished_at, r.result, r.finishes, r.item_of,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import ColumnElement, Select, Update, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Select, Update, bindparam, func, select, true, update
 
 from ....states import FINAL_STATES, Status
 from ...scheduling import SIGNALS_QUEUE, TIMERS_QUEUE
@@ -160,11 +160,14 @@ class ReportQueries:
 
 def _held_by_reporter() -> tuple[ColumnElement[bool], ...]:
     """The fence of every report: the step (``p_instance_id``, ``p_name``) is RUNNING and held
-    by the reporting worker (``p_worker_id``)."""
+    by the reporting worker (``p_worker_id``). "RUNNING" is said as ``(state = 'RUNNING') IS
+    true``, which no partial index's predicate matches, so the step is found through the unique
+    (instance_id, name) index and never through the worker's running steps (see
+    ``pg_statements._HELD_RUNNING``)."""
     return (
         steps.c.instance_id == bindparam("p_instance_id"),
         steps.c.name == bindparam("p_name"),
-        steps.c.state == RUNNING,
+        (steps.c.state == RUNNING).is_(true()),
         steps.c.worker_id == bindparam("p_worker_id"),
     )
 
