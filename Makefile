@@ -36,6 +36,7 @@ bench: $(STAMP)
 	(command -v pgbouncer || test -x /usr/sbin/pgbouncer) >/dev/null || (apt-get update && apt-get install -y pgbouncer)
 	bash bench/peers/run_all.sh
 	$(PY) bench/fuseline_bench.py
+	$(PY) bench/pickup_floor.py
 	$(PY) bench/write_cost.py
 	$(PY) bench/slots_bench.py
 	$(PY) bench/pgbouncer_bench.py

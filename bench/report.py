@@ -90,6 +90,7 @@ def main() -> int:
     fuseline = load("fuseline")
     peers = {name: load(name).get("figures", {}) for name in PEERS}
     ceiling = load("pgbench").get("figures", {})
+    floor = load("pickup_floor")
     if not fuseline:
         print("no bench/results/fuseline.json: run bench/fuseline_bench.py first", file=sys.stderr)
         return 1
@@ -180,6 +181,19 @@ def main() -> int:
             f"{fmt(dig(fuseline, 'pg_pickup', 'dispatch_call_p50_ms'), 'ms')} / "
             f"{fmt(dig(fuseline, 'pg_pickup', 'after_commit_p50_ms'), 'ms')}, "
             f"{fmt(dig(fuseline, 'pg_pickup', 'after_commit_p99_ms'), 'ms')}",
+        ),
+        (
+            "idle pickup floor in raw SQL (durable insert + NOTIFY, LISTEN, claim), p50 / p99;"
+            " fuseline's pickup in the same run (bench/pickup_floor.py)",
+            f"{fmt(dig(floor, 'raw_pickup', 'pickup', 'p50_ms'), 'ms')} / "
+            f"{fmt(dig(floor, 'raw_pickup', 'pickup', 'p99_ms'), 'ms')}; "
+            f"{fmt(dig(floor, 'fuseline_pickup', 'p50_ms'), 'ms')} / "
+            f"{fmt(dig(floor, 'fuseline_pickup', 'p99_ms'), 'ms')}",
+        ),
+        (
+            "durable one-row insert alone, back to back / 30-70 ms apart (p50)",
+            f"{fmt(dig(floor, 'durable_insert', 'back_to_back', 'p50_ms'), 'ms')} / "
+            f"{fmt(dig(floor, 'durable_insert', 'spaced', 'p50_ms'), 'ms')}",
         ),
         (
             "pickup with --no-listen (polling every 0.05 s)",
