@@ -152,6 +152,18 @@ def drain(
     return {"seconds": round(seconds, 3), "steps_per_s": round(steps / seconds, 1)}
 
 
+def drain_after_quiet_analyze(
+    url: str, workflow: str, history: int, instances: int, processes: int
+) -> dict[str, float]:
+    """The drain of a burst on tables last analyzed while nothing was queued or running: a quiet
+    deployment's usual state, as autovacuum analyzes the steps table after a drain. ``history``
+    instances are run first, then the tables analyzed, then ``instances`` dispatched and drained."""
+    dispatch_backlog(url, workflow, history)
+    run_workers(url, workflow, processes)
+    checkpoint(url)  # the ANALYZE sees an empty queue
+    return drain(url, workflow, instances, processes, analyze=False)
+
+
 def dispatch_backlog(url: str, workflow: str, instances: int) -> None:
     """``instances`` instances of the workflow, dispatched in batches of 1,000."""
     broker = SqlBroker(url)
@@ -415,6 +427,7 @@ def main() -> None:
         "noop": 1000 if q else 10_000,
         # Few enough that the planner's guess for tables never analyzed is a few hundred rows.
         "unanalyzed": 1000 if q else 5_000,
+        "quiet_history": 200 if q else 2_000,
         "chains": 200 if q else 2_000,
         "pickup": 40 if q else 200,
         "one_by_one": 300 if q else 3_000,
@@ -450,6 +463,11 @@ def main() -> None:
         record(
             "pg_drain_noop_unanalyzed_c4",
             lambda: drain(pg(), "noop", sizes["unanalyzed"], 4, analyze=False),
+        )
+        # A burst on tables analyzed while the queue was empty (a deployment after a quiet spell).
+        record(
+            "pg_drain_noop_stale_c4",
+            lambda: drain_after_quiet_analyze(pg(), "noop", sizes["quiet_history"], sizes["noop"], 4),
         )
         record("pg_pickup", lambda: pickup(pg(), sizes["pickup"]))
         record("pg_pickup_no_listen", lambda: pickup(pg(), max(20, sizes["pickup"] // 4), listen=False))

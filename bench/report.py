@@ -173,6 +173,10 @@ def main() -> int:
             fmt(dig(fuseline, "pg_drain_noop_unanalyzed_c4", "steps_per_s"), "/s"),
         ),
         (
+            "no-op drain, 4 workers, 10,000 instances on tables last analyzed with nothing queued",
+            fmt(dig(fuseline, "pg_drain_noop_stale_c4", "steps_per_s"), "/s"),
+        ),
+        (
             "no-op drain, 4 workers, SQL ceiling in one transaction",
             fmt(dig(ceiling, "claim_complete_1tx_c4_per_s"), "/s"),
         ),
