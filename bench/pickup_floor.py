@@ -133,9 +133,11 @@ def _raw_claimer(url: str, ready: Any, stop: Any, picked: Any) -> None:
         conn.execute(f"LISTEN {CHANNEL}")
         ready.release()
         while not stop.is_set():
-            for _ in conn.notifies(timeout=0.2, stop_after=1):
-                while (row := conn.execute(CLAIM, prepare=True).fetchone()) is not None:
-                    stamps[row[0]] = time.time()
+            # Taken out of notifies() first: the connection is not free while it iterates.
+            if not list(conn.notifies(timeout=0.2, stop_after=1)):
+                continue
+            while (row := conn.execute(CLAIM, prepare=True).fetchone()) is not None:
+                stamps[row[0]] = time.time()
     picked.put(stamps)
 
 
