@@ -75,8 +75,14 @@ def dispatch(url: str, inputs: list[dict]) -> list[str]:
 @pytest.mark.timeout(DRAIN_LIMIT_SECONDS + 120)
 @pytest.mark.parametrize(
     ("dialect", "prefetch"),
-    [("postgres", 1), ("sqlite", 1), ("postgres", 4)],
-    ids=["postgres", "sqlite", "postgres-prefetch4"],
+    [
+        pytest.param("postgres", 1, id="postgres"),
+        # Alone, in the serial part of make test: SQLite workers poll, and with other test
+        # processes beside them on a slow machine an orphan was once claimed again 6.23 s after
+        # its kill (limit 2 x 3 s); what it checks is unchanged.
+        pytest.param("sqlite", 1, id="sqlite", marks=pytest.mark.serial),
+        pytest.param("postgres", 4, id="postgres-prefetch4"),
+    ],
 )
 def test_workers_killed_at_random_lose_nothing_and_each_step_is_accepted_once(
     dialect: str, prefetch: int, request: pytest.FixtureRequest, tmp_path: Path
