@@ -113,11 +113,12 @@ class Captured(Exception):
 def capture(
     monkeypatch: pytest.MonkeyPatch, statements: Iterable[str], call: Callable[[], object]
 ) -> tuple[str, dict[str, Any]]:
-    """The first of ``statements`` the broker sends during ``call()``, with its parameters. It is
-    not run, so the rows stay as they were for EXPLAIN ANALYZE to run it on."""
+    """The first of ``statements`` the broker sends during ``call()``, alone or in a pipeline,
+    with its parameters. It is not run (nor the pipeline it is in), so the rows stay as they
+    were for EXPLAIN ANALYZE to run it on."""
     wanted = set(statements)
     sent: list[tuple[str, dict[str, Any]]] = []
-    run = PostgresDatabase.rows
+    run, run_together = PostgresDatabase.rows, PostgresDatabase.together
 
     def rows(db: PostgresDatabase, sql: str, params: dict[str, Any]) -> Any:
         if sql not in wanted:
@@ -125,7 +126,14 @@ def capture(
         sent.append((sql, params))
         raise Captured  # before the broker would do anything with the answer
 
+    def together(db: PostgresDatabase, pipeline: Sequence[tuple[str, dict[str, Any]]]) -> Any:
+        sent.extend((sql, params) for sql, params in pipeline if sql in wanted)
+        if not sent:
+            return run_together(db, pipeline)
+        raise Captured
+
     monkeypatch.setattr(PostgresDatabase, "rows", rows)
+    monkeypatch.setattr(PostgresDatabase, "together", together)
     try:
         with pytest.raises(Captured):
             call()

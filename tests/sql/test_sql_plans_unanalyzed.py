@@ -27,6 +27,7 @@ from fuseline.broker.sql import SqlBroker, pg_statements
 from fuseline.broker.sql.queries.reports import for_dialect
 from fuseline.states import Status
 from tests.sql.plans import assert_reads_at_most, capture, dsn, explain_analyze, nodes, successes
+from tests.sql.workflows import one_step
 from tests.support.databases import PostgresServer
 
 #: Enough instances that reading them all is unmistakable, few enough that the planner's guess
@@ -36,11 +37,6 @@ INSTANCES = 3_000
 MOST_READ = 10
 BATCH = 20
 CACHE_MODES = ["force_custom_plan", "force_generic_plan"]
-
-
-class Only(Step):
-    def run_step(self) -> int:
-        return 1
 
 
 class First(Step):
@@ -56,7 +52,7 @@ class Second(Step):
         return value + 1
 
 
-single = Workflow([Only()], workflow_id="unanalyzed-single", version="1")
+single = one_step("unanalyzed-single")
 chain = Workflow([Second()], workflow_id="unanalyzed-chain", version="1")
 
 

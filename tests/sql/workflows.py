@@ -62,6 +62,19 @@ def read_ledger(path: Path) -> list[tuple[str, str, int, int]]:
     return rows
 
 
+# -- one step: the workflows of the plan tests, each its own id ------------------------------------
+
+
+class Only(Step):
+    def run_step(self) -> int:
+        return 1
+
+
+def one_step(workflow_id: str) -> Workflow:
+    """A workflow of one step returning 1: what a plan test drains or queues by the thousand."""
+    return Workflow([Only()], workflow_id=workflow_id, version="1")
+
+
 # -- diamond: A -> {B, C} -> D (AND join) -----------------------------------------------------
 
 

@@ -74,14 +74,15 @@ class OneStatementClaims:
         if limit == 1:
             one = len(keys) == 1
             sql = pg_statements.step_claim_one_workflow if one else pg_statements.step_claim_many_workflows
-        else:
-            params["p_limit"] = limit
-            sql = (
-                pg_statements.steps_claim_batch_one_workflow
-                if len(keys) == 1
-                else pg_statements.steps_claim_batch_many_workflows
-            )
-        return [ClaimRow.of(row) for row in self.db.rows(sql, params)]
+            return [ClaimRow.of(row) for row in self.db.rows(sql, params)]
+        params["p_limit"] = limit
+        sql = (
+            pg_statements.steps_claim_batch_one_workflow
+            if len(keys) == 1
+            else pg_statements.steps_claim_batch_many_workflows
+        )
+        _, rows = self.db.together([(pg_statements.generic_plan_for_this_transaction, {}), (sql, params)])
+        return [ClaimRow.of(row) for row in rows]
 
 
 @dataclass

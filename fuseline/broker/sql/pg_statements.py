@@ -133,6 +133,10 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
     # claim (a burst of 20,000 steps: 3.6 ms a claim, not 1.3; under an old snapshot, every
     # claimed step's dead entry as well). Nothing is lost: the pick locked each row (FOR
     # UPDATE) after checking it QUEUED in its latest version, and a locked row cannot change.
+    # Each claimed step's inputs are read by its instance's primary key, one probe per step
+    # (a subquery, not a join): estimated at ten rows, a batch's join was priced as a hash
+    # over a scan of the whole instances table when it held a few thousand
+    # (tests/sql/test_sql_plans_batch_claim.py).
     # A claim on its own commits without waiting for the flush; one that shares a report's
     # transaction (``durable``) must not change how that transaction commits.
     nondurable = "" if durable else _NONDURABLE + ","
@@ -151,14 +155,15 @@ def _claim(*, many: bool = False, batch: bool = False, guard: str = "", durable:
                   started_at, lease_expires_at, available_at, urgency, queue, item
     )
     SELECT c.instance_id, c.workflow_id, c.version, c.name, c.attempt, c.started_at,
-           c.lease_expires_at, i.inputs,
+           c.lease_expires_at,
+           (SELECT i.inputs FROM fuseline_instances i WHERE i.id = c.instance_id) AS inputs,
            (SELECT '{{' || string_agg(to_json(p.name)::text || ':' || coalesce(p.result, 'null'), ',')
                        || '}}'
               FROM fuseline_steps p
              WHERE p.instance_id = c.instance_id
                AND p.name IN (SELECT json_array_elements_text(c.inputs_from::json))) AS results,
            c.available_at, c.urgency, c.queue, c.item
-      FROM claimed c JOIN fuseline_instances i ON i.id = c.instance_id
+      FROM claimed c
      ORDER BY c.urgency, c.available_at, c.id
 """)  # noqa: S608
 
@@ -174,6 +179,15 @@ steps_claim_batch_one_workflow = _claim(batch=True)
 
 #: The same among several workflows.
 steps_claim_batch_many_workflows = _claim(many=True, batch=True)
+
+#: Sent before a batch claim, in its transaction and round trip: the claim runs on the generic
+#: plan of its prepared statement, never planned again. A batch's size is a parameter of its
+#: LIMITs, which a generic plan prices at a tenth of the queued steps: with a backlog of some
+#: thousands that priced it above a plan for this size plus the cost PostgreSQL puts on planning,
+#: and every batch claim was planned again, 0.45 ms on top of 0.3 ms of running it (the generic
+#: plan was kept or not by a hair: a join fewer tipped it). Its plans are checked under both
+#: modes (tests/sql/test_sql_plans_*.py); the setting ends with the transaction.
+generic_plan_for_this_transaction = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
 
 #: The claim that follows a report in the same transaction and round trip: taken only if
 #: that report was accepted (a refused report claims nothing; a replay of an accepted one
