@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 #: Every revision, oldest first. The last one is what this code expects.
-REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010")
+REVISIONS: tuple[str, ...] = (
+    *("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009", "0010"),
+    "0011",
+)
 HEAD_REVISION = REVISIONS[-1]
 
 #: Serialises concurrent upgrades on PostgreSQL (any constant unique to fuseline).

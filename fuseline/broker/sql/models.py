@@ -72,10 +72,10 @@ class InstanceRow(Base):
 
     __tablename__ = "fuseline_instances"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["workflow_id", "version"],
-            ["fuseline_workflows.workflow_id", "fuseline_workflows.version"],
-        ),
+        # No foreign key to its definition (migration 0011): the check locked the definition's
+        # row (KEY SHARE) at every dispatch, so dispatchers of one workflow made a MultiXact per
+        # instance between them. Instances are only created from a stored definition, and none
+        # is ever deleted; ``db verify`` reports an instance whose definition is missing.
         Index("ix_fuseline_instances_created_at", "created_at"),
         Index("ix_fuseline_instances_status_created_at", "status", "created_at"),
         Index("ix_fuseline_instances_workflow_id_created_at", "workflow_id", "created_at"),

@@ -23,7 +23,9 @@ violation of the guarantees fuseline makes:
   started a child under that name;
 - ``map_items_mismatch``: a Map that succeeded with a result of another length than its items;
 - ``orphaned_event``, ``orphaned_step``, ``orphaned_signal``: rows of an instance that does not
-  exist (retention deletes an instance together with all of them).
+  exist (retention deletes an instance together with all of them);
+- ``instance_without_definition``: instances of a workflow version whose definition is not
+  stored (fuseline deletes no definition; one per workflow version, with how many).
 
 The chaos tests call it at the end of every run, and so can operators:
 ``fuseline db verify``.
@@ -140,7 +142,7 @@ def _check_flow_control(conn: Connection, q: VerifyQueries) -> list[Violation]:
         Violation("limit_exceeded", None, r[1], f"workflow {r[0]} key {r[2]}: {r[3]} running, limit {r[4]}")
         for r in conn.execute(q.limits_exceeded).all()
     ]
-    plans: dict[tuple[str, str], WorkflowPlan] = {}
+    plans: dict[tuple[str, str], WorkflowPlan | None] = {}
     for r in conn.execute(q.steps_failed).all():
         if r.error and (r.error.startswith(WORKER_LOST) or any(m in r.error for m in _REFUSED_RESULTS)):
             continue  # a lost worker or a result the broker refused: not a failure RetryPolicy retries
@@ -164,7 +166,7 @@ _REFUSED_RESULTS = ("that is not JSON-serialisable", "bytes of JSON, more than t
 
 def _check_instances(conn: Connection, q: VerifyQueries) -> list[Violation]:
     found: list[Violation] = []
-    plans: dict[tuple[str, str], WorkflowPlan] = {}
+    plans: dict[tuple[str, str], WorkflowPlan | None] = {}
     for instance_id, status, workflow_id, version, open_steps in conn.execute(q.instances_open_steps).all():
         if status != Status.RUNNING.value:
             if open_steps:
@@ -184,9 +186,11 @@ def _check_instances(conn: Connection, q: VerifyQueries) -> list[Violation]:
         if key not in plans:
             definition = conn.execute(
                 q.workflow_definition, {"p_workflow_id": workflow_id, "p_version": version}
-            ).scalar_one()
-            plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition))
-        found += _unmet_dependencies(conn, q, plans[key], instance_id)
+            ).scalar_one_or_none()
+            plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition)) if definition else None
+        plan = plans[key]
+        if plan is not None:  # else reported by _check_orphans
+            found += _unmet_dependencies(conn, q, plan, instance_id)
     return found
 
 
@@ -242,4 +246,13 @@ def _check_orphans(conn: Connection, q: VerifyQueries) -> list[Violation]:
             Violation(kind, str(i), None, f"{n} {what} of an instance that does not exist")
             for i, n in conn.execute(statement).all()
         ]
+    found += [
+        Violation(
+            "instance_without_definition",
+            None,
+            None,
+            f"{n} instance(s) of {workflow_id!r} version {version!r}, whose definition is not stored",
+        )
+        for workflow_id, version, n in conn.execute(q.instances_without_definition).all()
+    ]
     return found

@@ -166,6 +166,17 @@ class VerifyQueries:
         self.events_orphaned: Select = _orphans(events.c.instance_id)
         self.steps_orphaned: Select = _orphans(steps.c.instance_id)
         self.signals_orphaned: Select = _orphans(signals.c.instance_id)
+        #: Per workflow and version: its instances whose definition is not stored (instances
+        #: have no foreign key to it: migration 0011).
+        stored = exists().where(
+            workflows.c.workflow_id == instances.c.workflow_id, workflows.c.version == instances.c.version
+        )
+        self.instances_without_definition: Select = (
+            select(instances.c.workflow_id, instances.c.version, func.count())
+            .where(not_(stored))
+            .group_by(instances.c.workflow_id, instances.c.version)
+            .order_by(instances.c.workflow_id, instances.c.version)
+        )
 
 
 def _orphans(instance_id: Any) -> Select:
