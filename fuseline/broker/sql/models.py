@@ -199,9 +199,10 @@ class StepRow(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    instance_id: Mapped[str] = mapped_column(
-        Uuid(as_uuid=False), ForeignKey("fuseline_instances.id", ondelete="CASCADE")
-    )
+    #: No foreign key (migration 0011): its check looked the instance up and locked it for every
+    #: step a dispatch inserted. Steps are only inserted beside their instance, and retention
+    #: deletes them itself before it (``db verify``: ``orphaned_step``).
+    instance_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
     workflow_id: Mapped[str] = mapped_column(Name)
     version: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(Name)
