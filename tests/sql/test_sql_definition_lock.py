@@ -23,6 +23,8 @@ from fuseline.broker.sql import SqlBroker
 from fuseline.broker.sql.engine import create_database_engine
 from fuseline.broker.sql.models import workflows
 from fuseline.broker.sql.verify import verify
+from fuseline.states import Status
+from tests.contract.support import report
 from tests.sql.workflows import one_step
 
 #: Seconds a dispatch may take while the definition is locked; with the key it waited until
@@ -95,7 +97,10 @@ def test_verify_names_the_instances_of_a_definition_deleted_by_hand(db_url: str)
         schema = single.to_schema()
         broker.dispatch_workflow(schema, {})
         broker.dispatch_workflow(schema, {})
-        assert verify(broker.engine) == []
+        worker = broker.register_worker([schema])
+        (held,) = broker.get_steps(worker, 1)
+        broker.report_step(worker, report(held, Status.FAILED, error="boom", version=held.version))
+        assert verify(broker.engine) == []  # one RUNNING instance, one FAILED
         with broker.engine.begin() as conn:
             conn.execute(sa.delete(workflows).where(workflows.c.workflow_id == schema.workflow_id))
     finally:

@@ -146,11 +146,10 @@ def _check_flow_control(conn: Connection, q: VerifyQueries) -> list[Violation]:
     for r in conn.execute(q.steps_failed).all():
         if r.error and (r.error.startswith(WORKER_LOST) or any(m in r.error for m in _REFUSED_RESULTS)):
             continue  # a lost worker or a result the broker refused: not a failure RetryPolicy retries
-        key = (r.workflow_id, r.version)
-        if key not in plans:
-            definition = conn.execute(q.workflow_definition, {"p_workflow_id": key[0], "p_version": key[1]})
-            plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition.scalar_one()))
-        allowed = plans[key].scheduling.steps[r.name].max_retries
+        plan = _plan_of(conn, q, plans, r.workflow_id, r.version)
+        if plan is None:
+            continue  # reported by _check_orphans
+        allowed = plan.scheduling.steps[r.name].max_retries
         if r.retries < allowed:
             found.append(
                 Violation(
@@ -182,16 +181,27 @@ def _check_instances(conn: Connection, q: VerifyQueries) -> list[Violation]:
         if not open_steps:
             found.append(Violation("instance_not_finalized", instance_id, None, "every step is final"))
             continue
-        key = (workflow_id, version)
-        if key not in plans:
-            definition = conn.execute(
-                q.workflow_definition, {"p_workflow_id": workflow_id, "p_version": version}
-            ).scalar_one_or_none()
-            plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition)) if definition else None
-        plan = plans[key]
+        plan = _plan_of(conn, q, plans, workflow_id, version)
         if plan is not None:  # else reported by _check_orphans
             found += _unmet_dependencies(conn, q, plan, instance_id)
     return found
+
+
+def _plan_of(
+    conn: Connection,
+    q: VerifyQueries,
+    plans: dict[tuple[str, str], WorkflowPlan | None],
+    workflow_id: str,
+    version: str,
+) -> WorkflowPlan | None:
+    """The plan of a stored definition, read once per check into ``plans``; None if it is not stored."""
+    key = (workflow_id, version)
+    if key not in plans:
+        definition = conn.execute(
+            q.workflow_definition, {"p_workflow_id": workflow_id, "p_version": version}
+        ).scalar_one_or_none()
+        plans[key] = WorkflowPlan(WorkflowSchema.from_json(definition)) if definition is not None else None
+    return plans[key]
 
 
 def _unmet_dependencies(
