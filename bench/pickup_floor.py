@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -70,11 +69,8 @@ def pause(n: int) -> None:
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50_ms": round(statistics.median(ordered), 3),
-        "p99_ms": round(ordered[max(0, int(len(ordered) * 0.99) - 1)], 3),
-    }
+    p50, p99 = fb.p50_p99(values, digits=3)
+    return {"p50_ms": p50, "p99_ms": p99}
 
 
 def durable_insert(url: str, samples: int) -> dict[str, Any]:
